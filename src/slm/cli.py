@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Train tokenizers (HF tokenizer.json).", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
-data_app = typer.Typer(help="Corpora: the built-in multi-domain corpus.", no_args_is_help=True)
+data_app = typer.Typer(help="Corpora: the data pipeline and the built-in multi-domain corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
@@ -100,6 +100,78 @@ def data_builtin(
         )
     console.print(table)
     console.print(f"sources and licences: {out / 'manifest.json'}")
+
+
+@data_app.command("run")
+def data_run(
+    recipe: str = typer.Argument(..., help="Pipeline recipe (TOML), e.g. recipes/data-builtin.toml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set dedup.bands=20."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's out)."),
+    workers: int | None = typer.Option(None, help="Local worker processes (default: all cores)."),
+    ray_address: str | None = typer.Option(None, help="Run stage 1 on Ray: 'auto', 'ray://host:10001' or 'local'."),
+    force: bool = typer.Option(False, help="Discard an existing output folder and start over."),
+) -> None:
+    """Run a data pipeline: read, normalise, filter, deduplicate, tokenise into per-domain shards.
+
+    Rerunning the same command resumes a killed run and skips finished work.
+    [bold]Example:[/] slm data run recipes/data-builtin.toml --out corpora/builtin
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slm.config import PipelineConfig, load_recipe
+    from slm.data.pipeline import run_pipeline
+
+    overrides = list(set_)
+    if out:
+        overrides.append(f"out={json.dumps(out)}")
+    if workers:
+        overrides.append(f"workers={workers}")
+    if ray_address:
+        overrides.append(f"ray_address={json.dumps(ray_address)}")
+    cfg = load_recipe(PipelineConfig, _recipe_path(recipe), overrides)
+    cols = (TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=console, transient=True) as bar:
+        ids: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in ids:
+                ids[stage] = bar.add_task(stage, total=total)
+            bar.update(ids[stage], completed=done, total=total)
+
+        result = run_pipeline(cfg, force=force, progress=progress, log=lambda m: console.print(m))
+    print_funnel(result.stats)
+    table = Table(title=f"{cfg.name} → {result.out}")
+    for col in ("domain", "train docs", "train tokens", "val docs", "val tokens", "licence"):
+        table.add_column(col, justify="left" if col in ("domain", "licence") else "right")
+    for name, d in result.manifest["domains"].items():
+        tr, va = d["train"], d["val"]
+        table.add_row(
+            name,
+            f"{tr['documents']:,}",
+            f"{tr['tokens']:,}" if tr["tokens"] is not None else "-",
+            f"{va['documents']:,}",
+            f"{va['tokens']:,}" if va["tokens"] is not None else "-",
+            ", ".join(d["licenses"]),
+        )
+    console.print(table)
+    st = result.stats
+    console.print(
+        f"{st['total']['steps']['read']['seen']:,} records in {st['seconds']:.1f} s "
+        f"({st['documents_per_s']:,.0f} docs/s, {st['mb_per_s']:.1f} MB/s); funnel in {result.out / 'stats.json'}"
+    )
+    if st["total"]["error_count"]:
+        console.print(f"[yellow]{st['total']['error_count']} problem(s) skipped, e.g.:[/] {st['total']['errors'][0]}")
+
+
+def print_funnel(stats: dict) -> None:
+    table = Table(title="pipeline funnel (documents)")
+    for col in ("step", "seen", "kept", "dropped", "why (top reasons)"):
+        table.add_column(col, justify="left" if col in ("step", "why (top reasons)") else "right")
+    for step, v in stats["total"]["steps"].items():
+        reasons = sorted(v["dropped"].items(), key=lambda kv: -kv[1])
+        why = ", ".join(f"{r} {n:,}" for r, n in reasons[:4])
+        table.add_row(step, f"{v['seen']:,}", f"{v['kept']:,}", f"{v['seen'] - v['kept']:,}", why)
+    console.print(table)
 
 
 @app.command()

@@ -142,6 +142,105 @@ class Config(Section):
         return self
 
 
+# ---------------------------------------------------------------- data pipeline recipes (`slm data run`)
+
+
+class SourceConfig(Section):
+    domain: str = Field(..., min_length=1, description="domain the documents belong to (one shard folder each)")
+    paths: list[str] = Field(default_factory=list, description="files, folders or globs; .gz and .zst are read too")
+    val_paths: list[str] = Field(default_factory=list, description="fixed held-out documents for this domain")
+    format: Literal["auto", "text", "jsonl", "parquet", "hf"] = "auto"
+    text_field: str = Field("text", description="JSONL/Parquet/datasets column holding the text")
+    split: Literal["file", "paragraph", "line"] = Field("file", description="text files: what one document is")
+    dataset: str | None = Field(None, description="format='hf': a datasets name, builder ('json') or folder")
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    filter: bool = Field(True, description="apply the quality filters (turn off for code and verse)")
+    license: str = "unknown"
+    source: str = Field("", description="credit: where the text comes from")
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> SourceConfig:
+        if self.format == "hf" and not self.dataset:
+            raise ValueError(f"source '{self.domain}': format='hf' needs dataset = '<name or builder>'")
+        if self.format != "hf" and not self.paths:
+            raise ValueError(f"source '{self.domain}': paths is empty; name files, folders or globs")
+        return self
+
+
+class NormalizeConfig(Section):
+    nfc: bool = True
+    whitespace: bool = Field(True, description="drop control characters, trailing spaces and runs of blank lines")
+    scrub_emails: bool = False
+    scrub_ips: bool = False
+    max_doc_chars: int = Field(2_000_000, ge=1, description="longer documents are dropped (counted), not read")
+
+
+class FilterConfig(Section):
+    """Gopher quality and repetition rules and C4's, each threshold here; None turns a rule off."""
+
+    enabled: bool = True
+    min_words: int | None = 50
+    max_words: int | None = 100_000
+    min_mean_word_len: float | None = 3.0
+    max_mean_word_len: float | None = 10.0
+    max_symbol_word_ratio: float | None = Field(0.1, description="'#' and '...' per word")
+    max_digit_ratio: float | None = Field(0.25, description="share of characters that are digits")
+    max_bullet_lines: float | None = 0.9
+    max_ellipsis_lines: float | None = 0.3
+    min_alpha_words: float | None = Field(0.8, description="share of words with a letter")
+    min_stop_words: int | None = Field(2, description="English function words (the, of, and, ...) required")
+    max_dup_lines: float | None = 0.3
+    max_dup_paragraphs: float | None = 0.3
+    max_dup_line_chars: float | None = 0.2
+    max_dup_paragraph_chars: float | None = 0.2
+    max_top_ngram_chars: dict[str, float] = Field(default_factory=lambda: {"2": 0.20, "3": 0.18, "4": 0.16})
+    max_dup_ngram_chars: dict[str, float] = Field(
+        default_factory=lambda: {"5": 0.15, "6": 0.14, "7": 0.13, "8": 0.12, "9": 0.11, "10": 0.10}
+    )
+    c4_lorem_ipsum: bool = True
+    c4_curly_bracket: bool = False
+    c4_javascript_lines: bool = Field(False, description="drop lines mentioning javascript")
+    c4_min_words_per_line: int | None = Field(None, description="drop shorter lines (C4 uses 3)")
+    c4_terminal_punct_lines: bool = Field(False, description="drop lines not ending in . ! ? or a quote")
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: bool = True
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1, description="hashes per band; bands*rows permutations in all")
+    seed: int = 1
+
+
+class OutputConfig(Section):
+    format: Literal["shards", "jsonl"] = "shards"
+    tokenizer: str | None = Field(None, description="tokenizer.json to use; default: train one on the kept text")
+    vocab_size: int = Field(8192, ge=260)
+    tokenizer_sample_mb: float = Field(64.0, gt=0, description="text read to train the tokenizer")
+    val_fraction: float = Field(0.01, gt=0.0, lt=1.0, description="held out by content hash when no val_paths")
+    eos_token: str = "<|endoftext|>"
+
+
+class PipelineConfig(Section):
+    name: str = "corpus"
+    out: str = Field("corpora/corpus", description="output folder: one shard folder per domain")
+    workers: int | None = Field(None, ge=1, description="local processes; default the number of cores")
+    ray_address: str | None = Field(None, description="run on a Ray cluster ('auto', 'ray://host:10001', 'local')")
+    sources: list[SourceConfig] = Field(default_factory=list)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> PipelineConfig:
+        if not self.sources:
+            raise ValueError("no [[sources]]; add at least one with domain = ... and paths = [...]")
+        return self
+
+
 # ---------------------------------------------------------------- loading and overrides
 
 
@@ -162,8 +261,8 @@ def _suggest(name: str, options: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"valid names: {', '.join(sorted(options))}"
 
 
-def _section_model(path: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_model(path: list[str], root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] = root
     for part in path:
         field = _fields(model).get(part)
         ann = getattr(field, "annotation", None)
@@ -173,20 +272,21 @@ def _section_model(path: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
+def apply_override(raw: dict[str, Any], assignment: str, root: type[BaseModel] | None = None) -> None:
     """Apply one `a.b=value` assignment to a raw recipe dict, checking names on the way."""
     if "=" not in assignment:
         raise SlmError(f"--set '{assignment}': expected KEY=VALUE, for example --set train.lr=3e-3")
     key, value = assignment.split("=", 1)
     parts = [p.strip() for p in key.strip().split(".")]
-    model: type[BaseModel] = Config
+    root = root or Config
+    model: type[BaseModel] = root
     node = raw
     for i, part in enumerate(parts):
         fields = _fields(model)
         if part not in fields:
             where = ".".join(parts[:i]) or "the recipe"
             raise SlmError(f"--set {key}: unknown key '{part}' in {where}; {_suggest(part, list(fields))}")
-        sub = _section_model(parts[: i + 1])
+        sub = _section_model(parts[: i + 1], root)
         if i == len(parts) - 1:
             if sub is not None:
                 raise SlmError(f"--set {key}: '{key}' is a section; set one of its fields, e.g. {key}.<field>")
@@ -198,13 +298,13 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             model = sub
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     msgs = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
         dotted = ".".join(loc)
         if e["type"] == "extra_forbidden":
-            parent = _section_model(loc[:-1]) or Config
+            parent = _section_model([x for x in loc[:-1] if not x.isdigit()], root) or root
             msgs.append(f"unknown key '{dotted}'; {_suggest(loc[-1], list(_fields(parent)))}")
         else:
             value = e.get("input")
@@ -214,6 +314,13 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    return load_recipe(Config, path, overrides)  # type: ignore[return-value]
+
+
+def load_recipe(
+    root: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None
+) -> BaseModel:
+    """Any recipe type: read TOML, apply `--set` overrides, validate with one-line errors."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -226,16 +333,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SlmError(f"{p}: not valid TOML: {e}") from None
     for assignment in overrides or []:
-        apply_override(raw, assignment)
-    return validate_config(raw, source)
+        apply_override(raw, assignment, root)
+    return validate_config(raw, source, root)
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+def validate_config(raw: dict[str, Any], source: str = "config", root: type[BaseModel] | None = None) -> Any:
+    root = root or Config
     try:
-        return Config.model_validate(raw)
+        return root.model_validate(raw)
     except ValidationError as e:
-        raise SlmError(_format_error(e, source)) from None
+        raise SlmError(_format_error(e, source, root)) from None
 
 
-def config_to_toml(cfg: Config) -> str:
+def config_to_toml(cfg: BaseModel) -> str:
     return tomli_w.dumps(cfg.model_dump(exclude_none=True))

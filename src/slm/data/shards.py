@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,22 +93,50 @@ def prepare_shards(
     val_files = expand_inputs(val_inputs, stats) if val_inputs else []
     held = {p.resolve() for p in val_files}
     train_files = [p for p in train_files if p.resolve() not in held]
+    manifest = write_shards(
+        tok,
+        read_documents(train_files, stats),
+        out,
+        read_documents(val_files, stats) if val_files else None,
+        val_fraction,
+        eos_token,
+        extra=lambda: {
+            "inputs": [str(p) for p in train_files],
+            "val_inputs": [str(p) for p in val_files],
+            "read": stats.as_dict(),
+        },
+        empty_hint=f"no text found in inputs {inputs}: every file was empty or binary; point data.inputs at text files",
+    )
+    manifest["notes"] = stats.notes()
+    return manifest
+
+
+def write_shards(
+    tok: Tokenizer,
+    train_docs: Iterable[str],
+    out: Path,
+    val_docs: Iterable[str] | None = None,
+    val_fraction: float = 0.1,
+    eos_token: str = "<|endoftext|>",
+    extra: Callable[[], dict] | None = None,
+    empty_hint: str = "no documents to write",
+) -> dict:
+    """Tokenize a stream of documents into a shard folder, atomically. `extra()` adds manifest fields
+    that are only known once the streams are consumed."""
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
     eos = eos_id(tok, eos_token)
     with atomic_dir(out) as tmp:
         train_w, val_w = _SplitWriter(tmp / "train.bin", dtype), _SplitWriter(tmp / "val.bin", dtype)
-        for ids, nbytes in _encode(tok, read_documents(train_files, stats), eos):
-            # With explicit val files every training document trains; otherwise a content hash decides.
-            to_val = not val_files and _doc_in_val(ids, val_fraction)
+        for ids, nbytes in _encode(tok, train_docs, eos):
+            # With explicit held-out documents every training document trains; otherwise a content hash decides.
+            to_val = val_docs is None and _doc_in_val(ids, val_fraction)
             (val_w if to_val else train_w).add(ids, nbytes)
-        for ids, nbytes in _encode(tok, read_documents(val_files, stats), eos):
+        for ids, nbytes in _encode(tok, val_docs or (), eos):
             val_w.add(ids, nbytes)
         splits = {"train": train_w.close(), "val": val_w.close()}
         if splits["train"]["tokens"] + splits["val"]["tokens"] == 0:
-            raise SlmError(
-                f"no text found in inputs {inputs}: every file was empty or binary; point data.inputs at text files"
-            )
+            raise SlmError(empty_hint)
         if not splits["train"]["tokens"] or not splits["val"]["tokens"]:
             # Too few documents for a document-level split: hold out the tail of the token stream instead.
             splits = _split_tail(tmp, dtype, val_fraction)
@@ -119,14 +147,11 @@ def prepare_shards(
             "vocab_size": vocab,
             "eos_id": eos,
             "splits": splits,
-            "split_rule": "val_inputs" if val_files else f"document hash < {val_fraction}",
-            "inputs": [str(p) for p in train_files],
-            "val_inputs": [str(p) for p in val_files],
-            "read": stats.as_dict(),
+            "split_rule": "val_inputs" if val_docs is not None else f"document hash < {val_fraction}",
+            **(extra() if extra else {}),
         }
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         tok.save(str(tmp / "tokenizer.json"))
-    manifest["notes"] = stats.notes()
     return manifest
 
 
