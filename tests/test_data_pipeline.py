@@ -184,3 +184,46 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
             assert (out / d / f).read_bytes() == (clean.out / d / f).read_bytes()
     killed_stats = json.loads((out / "stats.json").read_text())
     assert killed_stats["total"]["steps"] == clean.stats["total"]["steps"]
+
+
+def test_ray_runs_the_same_recipe(tmp_path):
+    pytest.importorskip("ray")  # the cluster extra; installed by `make test`
+    import ray
+
+    recipe = make_corpus(tmp_path)
+    local = run_pipeline(load_recipe(PipelineConfig, recipe, [f'out="{tmp_path / "a"}"']))
+    try:
+        on_ray = run_pipeline(load_recipe(PipelineConfig, recipe, [f'out="{tmp_path / "b"}"', 'ray_address="local"']))
+    finally:
+        ray.shutdown()
+    assert (local.out / "news" / "train.bin").read_bytes() == (on_ray.out / "news" / "train.bin").read_bytes()
+    assert local.stats["total"] == on_ray.stats["total"]
+
+
+def test_cli_prints_the_funnel_and_bad_recipes_get_one_line(tmp_path):
+    recipe = make_corpus(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(recipe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pipeline funnel" in r.stdout and "exact_duplicate" in r.stdout and "books" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[sources]]\ndomain = "x"\npaths = ["nothing/*.txt"]\n[filters]\nmin_wrds = 3\n')
+    r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown key 'filters.min_wrds'; did you mean 'min_words'?" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(bad), "--set", "filters.min_words=3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "error: --set" in r.stderr
+    bad.write_text('[[sources]]\ndomain = "x"\npaths = ["nothing/*.txt"]\n')
+    r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(bad), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "input 'nothing/*.txt' matches no file" in r.stderr
+
+
+def test_committed_recipes_validate_and_the_builtin_recipe_runs(tmp_path):
+    load_recipe(PipelineConfig, REPO / "recipes" / "data-dictionaries.toml")
+    cfg = load_recipe(PipelineConfig, REPO / "recipes" / "data-builtin.toml", [f'out="{tmp_path / "b"}"'])
+    res = run_pipeline(cfg)
+    d = res.manifest["domains"]
+    assert set(d) == {"drama", "scripture", "definitions", "docs", "code", "spanish"}
+    assert d["drama"]["val"]["documents"] == 1 and d["drama"]["train"]["documents"] == 8  # Macbeth held out
+    assert all(v["train"]["tokens"] > 30_000 and v["val"]["tokens"] > 5_000 for v in d.values())

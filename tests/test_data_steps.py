@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import random
 from pathlib import Path
@@ -186,3 +187,30 @@ def test_funnel_merges_and_round_trips():
     d = a.as_dict()["steps"]["read"]
     assert d == {"seen": 3, "kept": 1, "dropped": {"empty": 2}, "bytes_seen": 13, "bytes_kept": 10}
     assert a.error_count == 1
+
+
+def test_dictd_dz_files_read_as_gzip(tmp_path):
+    docs, _ = read(tmp_path, "x.dict.dz", gzip.compress(b"head \\h\\ n.\n   1. a word\n\nnext \\n\\ v.\n"), split="paragraph")
+    assert [d for d, _ in docs] == ["head \\h\\ n.\n   1. a word\n", "next \\n\\ v.\n"]
+
+
+def test_filter_verdicts_do_not_depend_on_the_hash_seed():
+    """Two 2-grams tie for most frequent; only the long one crosses the threshold. Word hashes are
+    randomised per process, so a hash-order tie-break would give different verdicts under different seeds."""
+    import subprocess
+    import sys
+
+    code = (
+        "from slm.config import FilterConfig;from slm.data.filters import check\n"
+        "words=[f'word{chr(97 + i % 26)}{chr(97 + i // 26)}' for i in range(200)]\n"
+        "for k in range(5): words[k*40:k*40]=['ox','ax','extraordinarily','magnificent']\n"
+        "cfg=FilterConfig(max_top_ngram_chars={'2': 0.08}, max_dup_ngram_chars={}, min_stop_words=None)\n"
+        "print(check(' '.join(words), cfg)[0])"
+    )
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True
+        ).stdout.strip()
+        for seed in range(1, 7)
+    ]
+    assert outs == ["top_2gram"] * 6

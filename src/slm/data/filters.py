@@ -76,10 +76,11 @@ def _ngram_reason(words: list[str], cfg: FilterConfig) -> str | None:
             continue
         _, first, inv, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
         if n in top:
-            best = int(np.argmax(counts))
-            if counts[best] > 1:
-                i = first[best]
-                if counts[best] * (csum[i + n] - csum[i]) / total > top[n]:
+            most = counts.max()
+            if most > 1:
+                # Among equally frequent n-grams take the longest, so the verdict never depends on hash order.
+                chars = csum[first + n] - csum[first]
+                if most * chars[counts == most].max() / total > top[n]:
                     return f"top_{n}gram"
         if n in dup:
             # Repeats only: the first occurrence of an n-gram is content, the later ones are duplication.

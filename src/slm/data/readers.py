@@ -30,7 +30,7 @@ Doc = tuple[str, str]  # (text, where it came from)
 
 def detect_format(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
-    while suffixes and suffixes[-1] in (".gz", ".zst", ".zstd"):
+    while suffixes and suffixes[-1] in (".gz", ".dz", ".zst", ".zstd"):
         suffixes.pop()
     last = suffixes[-1] if suffixes else ""
     if last in (".jsonl", ".ndjson", ".json"):
@@ -41,9 +41,9 @@ def detect_format(path: Path) -> str:
 
 
 def open_binary(path: Path) -> IO[bytes]:
-    """Decompress .gz and .zst transparently, as streams (never whole files in memory)."""
+    """Decompress .gz (and dictd's gzip-compatible .dz) and .zst transparently, as streams."""
     name = path.name.lower()
-    if name.endswith(".gz"):
+    if name.endswith((".gz", ".dz")):
         return gzip.open(path, "rb")
     if name.endswith((".zst", ".zstd")):
         import zstandard
