@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -84,7 +85,7 @@ def test_funnel_adds_up_and_shards_are_usable(tmp_path):
         for s, v in steps.items():
             assert v["kept"] + sum(v["dropped"].values()) == v["seen"], s
         chain = [steps[s] for s in STEPS]
-        for a, b in zip(chain, chain[1:], strict=False):
+        for a, b in itertools.pairwise(chain):
             assert a["kept"] == b["seen"]
     total = _steps(res.stats["total"])
     assert total["read"]["dropped"] == {"invalid_json": 4}
@@ -210,12 +211,18 @@ def test_cli_prints_the_funnel_and_bad_recipes_get_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unknown key 'filters.min_wrds'; did you mean 'min_words'?" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(bad), "--set", "filters.min_words=3"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "slm", "data", "run", str(bad), "--set", "filters.min_words=3"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "error: --set" in r.stderr
     bad.write_text('[[sources]]\ndomain = "x"\npaths = ["nothing/*.txt"]\n')
-    r = subprocess.run([sys.executable, "-m", "slm", "data", "run", str(bad), "-o", str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "slm", "data", "run", str(bad), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "input 'nothing/*.txt' matches no file" in r.stderr
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import os
 import json
+import os
 import random
 from pathlib import Path
 
@@ -88,7 +88,7 @@ def test_parquet_reader_and_missing_column(tmp_path):
     f = Funnel()
     docs = list(read_source_file(SourceConfig(domain="d", paths=[str(p)], text_field="body"), p, 1000, f))
     assert [d for d, _ in docs] == ["one doc", "two doc"] and f.dropped["read"] == {"missing_field": 1}
-    with pytest.raises(SlmError, match="no column 'text'.*body"):
+    with pytest.raises(SlmError, match=r"no column 'text'.*body"):
         check_parquet(p, "text")
 
 
@@ -190,7 +190,8 @@ def test_funnel_merges_and_round_trips():
 
 
 def test_dictd_dz_files_read_as_gzip(tmp_path):
-    docs, _ = read(tmp_path, "x.dict.dz", gzip.compress(b"head \\h\\ n.\n   1. a word\n\nnext \\n\\ v.\n"), split="paragraph")
+    raw = gzip.compress(b"head \\h\\ n.\n   1. a word\n\nnext \\n\\ v.\n")
+    docs, _ = read(tmp_path, "x.dict.dz", raw, split="paragraph")
     assert [d for d, _ in docs] == ["head \\h\\ n.\n   1. a word\n", "next \\n\\ v.\n"]
 
 
@@ -209,7 +210,10 @@ def test_filter_verdicts_do_not_depend_on_the_hash_seed():
     )
     outs = [
         subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         for seed in range(1, 7)
     ]

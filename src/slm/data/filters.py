@@ -74,7 +74,7 @@ def _ngram_reason(words: list[str], cfg: FilterConfig) -> str | None:
             h = h[:-1] * _MULT + ids[n - 1 :]  # h[i] now hashes words i .. i+n-1
         if n not in top and n not in dup:
             continue
-        _, first, inv, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
+        _, first, counts = np.unique(h, return_index=True, return_counts=True)
         if n in top:
             most = counts.max()
             if most > 1:

@@ -178,11 +178,15 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         z_loss: float = 0.0,
         cache: KVCache | None = None,
+        hidden_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(logits (B, T, V), None) without targets; (None, mean cross-entropy + z-loss) with them.
+        """(logits (B, T, V), None) without targets; (None, mean cross-entropy + z-loss) with them;
+        (final hidden states (B, T, d), None) with hidden_only, for losses that apply lm_head in chunks.
 
         With targets the logits go straight into the fused loss, whose backward reuses their memory.
         """
+        if hidden_only:
+            return self.hidden(idx, cache), None
         logits = self.lm_head(self.hidden(idx, cache)).float()
         if targets is None:
             return logits, None

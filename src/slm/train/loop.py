@@ -116,6 +116,19 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
         torch.set_num_threads(threads)
     say = console.print if d.master else (lambda *a, **k: None)
 
+    # ---- distillation: the student adopts the teacher's tokenizer (rank 0 imports an outside teacher first)
+    kd = None
+    if cfg.distill.enabled:
+        from slm.distill.step import Distiller
+
+        if d.master:
+            kd = Distiller(cfg, run, say)
+        if d.world > 1:
+            dist.barrier()
+        if not d.master:
+            kd = Distiller(cfg, run, say)
+        kd.adopt_tokenizer(cfg)
+
     # ---- data and tokenizer (rank 0 prepares; the others wait and then read the same files)
     if d.master:
         tok, shards = prepare_run(cfg, run, log=say)
@@ -141,12 +154,20 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
         raise SlmError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of the {d.world} processes")
     accum = cfg.train.grad_accum // d.world
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * seq_len
+    autocast, dtype_name = autocast_for(cfg.train.dtype, device)
+    if kd is not None:
+        for rank_turn in (True, False):  # rank 0 builds a missing teacher cache before the others read it
+            if d.master == rank_turn:
+                kd.setup(shards, tok, seq_len, device, dtype_name)
+            if d.world > 1:
+                dist.barrier()
 
     # ---- model and optimizer
     torch.manual_seed(cfg.train.seed)
     model = Transformer(cfg.model).to(device)
+    if kd is not None and not resume:
+        kd.init_student(model, device)
     optimizer = make_optimizer(model, cfg, device)
-    autocast, dtype_name = autocast_for(cfg.train.dtype, device)
     start_step, best_meta = 0, {}
     if resume:
         ckpt = run.latest_checkpoint()
@@ -156,6 +177,8 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
         if best_meta.get("tokenizer_hash") != tokenizer_hash(tok):
             raise SlmError(f"{ckpt} was trained with another tokenizer than {run.tokenizer_path}")
         start_step = best_meta["step"]
+        if kd is not None:
+            kd.load_state(best_meta.get("distill"))
         if d.master:
             run.truncate_metrics(start_step)
         say(f"resuming {run.path} from step {start_step}")
@@ -190,6 +213,8 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
             "val_loss": val and val["loss"],
             "val_bpb": val and val["bpb"],
         }
+        if kd is not None:
+            meta["distill"] = kd.state()
         try:
             save_checkpoint(run, raw_model, optimizer, step, meta, cfg.train.keep_checkpoints)
         except OSError as e:
@@ -222,11 +247,17 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                     g["lr"] = lr
                 loss_sum = torch.zeros((), device=device)
                 for micro in range(accum):
-                    x, y = batcher.batch(step, micro * d.world + d.rank)
+                    if kd is None:
+                        x, y = batcher.batch(step, micro * d.world + d.rank)
+                    else:
+                        x, y, teacher_rows = kd.batch(batcher, step, micro * d.world + d.rank)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     sync = d.world == 1 or micro == accum - 1
                     with nullcontext() if sync else ddp_model.no_sync(), autocast:
-                        _, loss = ddp_model(x, y, z_loss=cfg.train.z_loss)
+                        if kd is None:
+                            _, loss = ddp_model(x, y, z_loss=cfg.train.z_loss)
+                        else:
+                            loss = kd.loss(ddp_model, raw_model, x, y, teacher_rows)
                     (loss / accum).backward()
                     loss_sum += loss.detach()
                 loss_val = (loss_sum / accum).item()
@@ -243,6 +274,7 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                 )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                kd_metrics = kd.end_step(step, loss_val) if kd is not None else {}
                 done = step + 1
                 tokens_since_log += tokens_per_step
 
@@ -264,6 +296,7 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                                 "grad_norm": gnorm,
                                 "tokens_per_sec": tps,
                                 "elapsed": now - t_start,
+                                **kd_metrics,
                             }
                         )
                     bar.update(task, completed=done, loss=f"{loss_val:.3f}", tps=f"{tps:,.0f}")
