@@ -3,6 +3,7 @@ end-to-end runs from a small slm teacher."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ import torch
 from slm.config import load_config
 from slm.data.shards import Shards
 from slm.distill.cache import TeacherCache, build_cache
-from slm.distill.losses import LossSpec, divergence, distill_loss, sparse_logp, sparse_logq
+from slm.distill.losses import LossSpec, distill_loss, divergence, sparse_logp, sparse_logq
 from slm.distill.taid import TaidSchedule
 from slm.distill.teacher import init_from_teacher
 from slm.errors import SlmError
@@ -92,7 +93,7 @@ def test_taid_schedule_moves_as_specified():
     for step in range(100):
         ts.append(s.update(step, loss=10.0 / (step + 1)))  # a falling objective
     assert ts[0] == 0.4 and ts[-1] == pytest.approx(1.0)
-    assert all(b >= a for a, b in zip(ts, ts[1:], strict=False))  # never moves back
+    assert all(b >= a for a, b in itertools.pairwise(ts))  # never moves back
     assert all(t >= s.linear(i) - 1e-12 for i, t in enumerate(ts))  # never behind the linear floor
     fast = TaidSchedule(total_steps=100, alpha=0.2)
     for step in range(10):
@@ -167,7 +168,7 @@ def test_online_distillation_adopts_the_teacher_tokenizer_and_resumes_exactly(te
 
 def test_cache_round_trip_resume_and_verification(teacher_run, tmp_path):
     teacher_path, corpus = teacher_run
-    teacher, tok, tcfg, _ = load_model(teacher_path)
+    teacher, tok, _, _ = load_model(teacher_path)
     from slm.data.shards import prepare_shards
 
     shards_dir = tmp_path / "shards"
