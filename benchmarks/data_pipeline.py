@@ -20,8 +20,9 @@ throughput  `slm data run` (JSONL output, 2 workers) and a datatrove pipeline wi
             English default word tokenizer (spaCy), slm splits on whitespace.
 memory      `slm data run` (full pipeline to token shards, 2 workers) on each corpus, peak resident memory
             of the largest process (the parent or a worker), from getrusage.
-neardup     A labelled set: 2,000 original documents and copies made by random word edits (1, 3, 5, 10 %)
-            and by reordering paragraphs; precision and recall of slm's near-dedup per kind of copy.
+neardup     A labelled set: 1,000 original documents sharing no paragraph, and 100 copies of each kind:
+            random word edits (1, 3, 5, 10 % of words) and reordered paragraphs; recall per kind and
+            precision of slm's near-dedup, at the default LSH setting and others (--bands, --rows).
 
 Prints one JSON line per measurement.
 """
@@ -255,12 +256,19 @@ def neardup(args) -> None:
     from slm.data.dedup import Signer, find_duplicates
 
     r = random.Random(args.seed)
-    pool = _paragraphs()
-    originals = ["\n\n".join(r.sample(pool, r.randint(3, 8))) for _ in range(2000)]
+    # Originals share no paragraph (drawn without replacement from the distinct paragraphs), so any
+    # original flagged as a duplicate is a true false positive.
+    pool = sorted(set(_paragraphs()))
+    r.shuffle(pool)
+    originals, at = [], 0
+    for _ in range(1000):
+        k = r.randint(3, 5)
+        originals.append("\n\n".join(pool[at : at + k]))
+        at += k
     kinds = {"edit_1pct": 0.01, "edit_3pct": 0.03, "edit_5pct": 0.05, "edit_10pct": 0.10, "reorder": None}
     docs, label = list(originals), ["original"] * len(originals)
     for kind, frac in kinds.items():
-        for o in r.sample(originals, 200):
+        for o in r.sample(originals, 100):
             if frac is None:
                 paras = o.split("\n\n")
                 r.shuffle(paras)
@@ -269,7 +277,7 @@ def neardup(args) -> None:
                 docs.append(" ".join(_edit(o.split(" "), frac, r)))
             label.append(kind)
     order = list(range(len(docs)))
-    signer = Signer(DedupConfig())
+    signer = Signer(DedupConfig(bands=args.bands, rows=args.rows))
     work = Path(tempfile.mkdtemp())
     np.save(work / "e.npy", np.array([signer.exact(docs[i]) for i in order], dtype=np.uint64))
     np.save(work / "b.npy", np.stack([signer.bands(docs[i]) for i in order]))
@@ -288,6 +296,8 @@ def neardup(args) -> None:
         json.dumps(
             {
                 "summary": "neardup",
+                "bands": args.bands,
+                "rows": args.rows,
                 "documents": len(docs),
                 "copies": len(docs) - len(originals),
                 "recall": round(tp_all / (len(docs) - len(originals)), 3),
@@ -308,6 +318,8 @@ def main() -> None:
     ap.add_argument("--datatrove-python", default=os.environ.get("DATATROVE_PYTHON", "/tmp/dtv/bin/python"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bands", type=int, default=14, help="neardup: MinHash LSH bands")
+    ap.add_argument("--rows", type=int, default=8, help="neardup: hashes per band")
     args = ap.parse_args()
     if args.part == "corpus":
         make_corpus(args.out, args.mb)

