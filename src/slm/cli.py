@@ -313,6 +313,57 @@ def _build_cache_only(cfg, out: Path | None) -> None:
     )
 
 
+@app.command("mix")
+def mix_cmd(
+    recipe: str = typer.Argument(..., help="TOML recipe with [mix] and a corpus in data.shards."),
+    sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Sweep folder (default: out_dir/name)."),
+    jobs: int | None = typer.Option(None, help="Proxies trained at once (default: one per core)."),
+    ray_address: str | None = typer.Option(None, help="Train proxies on Ray: 'auto', 'ray://host:10001', 'local'."),
+) -> None:
+    """RegMix: train small proxies on sampled mixtures, fit a regression, search for the best mixture.
+
+    Rerunning the same command resumes a killed sweep without retraining finished proxies.
+    [bold]Example:[/] slm mix recipes/mix-builtin.toml --out runs/mix
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slm.config import load_config
+    from slm.mix.search import run_mix
+    from slm.run import new_run_path
+
+    overrides = list(sets)
+    if jobs:
+        overrides.append(f"mix.jobs={jobs}")
+    if ray_address:
+        overrides.append(f"mix.ray_address={json.dumps(ray_address)}")
+    cfg = load_config(_recipe_path(recipe), overrides)
+    folder = Path(out) if out else new_run_path(cfg, None)
+    cols = (TextColumn("proxies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=console) as bar:
+        task = bar.add_task("proxies", total=cfg.mix.proxies)
+        result = run_mix(
+            cfg,
+            folder,
+            log=lambda m: bar.console.print(m),
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    table = Table(title="fit on held-out proxies")
+    for col in ("model", "Spearman", "Pearson"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m, v in result["fit"]["correlation"].items():
+        table.add_row(m, f"{v['spearman']:.3f}", f"{v['pearson']:.3f}")
+    console.print(table)
+    mt = Table(title=f"mixtures (target: {result['target']})")
+    for col in ("mixture", *result["domains"], "predicted bpb"):
+        mt.add_column(col, justify="left" if col == "mixture" else "right")
+    for name in ("natural", "uniform", "chosen"):
+        row = [f"{result[name][d]:.3f}" for d in result["domains"]]
+        mt.add_row(name, *row, f"{result['predicted_target'][name]:.4f}")
+    console.print(mt)
+    console.print(f"chosen mixture: {folder / 'mixture.toml'} · report: {folder / 'report.html'}")
+
+
 @app.command()
 def generate(
     run: Path = typer.Argument(..., help="Run folder or checkpoint folder."),

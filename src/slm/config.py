@@ -35,6 +35,10 @@ class DataConfig(Section):
     )
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     shards: str | None = Field(None, description="existing shard folder to train on (skips preparation)")
+    mixture: dict[str, float] = Field(
+        default_factory=dict, description="domain weights over a corpus folder of per-domain shards (data.shards)"
+    )
+    val_domains: list[str] = Field(default_factory=list, description="mixture: validation domains (default: all used)")
 
 
 class ModelConfig(Section):
@@ -147,6 +151,22 @@ class DistillConfig(Section):
         return bool(self.teacher or self.cache)
 
 
+class MixConfig(Section):
+    """RegMix mixture search (`slm mix`): the recipe's [model] and [train] are the proxy's."""
+
+    target: dict[str, float] = Field(
+        default_factory=dict, description="domain -> weight of its held-out bits-per-byte in the target metric"
+    )
+    proxies: int = Field(24, ge=1, description="proxy models, one per sampled mixture")
+    concentration: float = Field(1.0, gt=0.0, description="Dirichlet concentration around the natural mixture")
+    seed: int = 0
+    jobs: int | None = Field(None, ge=1, description="proxies trained at once; default: one per core")
+    ray_address: str | None = Field(None, description="train proxies as Ray tasks ('auto', 'ray://host:10001')")
+    holdout: float = Field(0.25, gt=0.0, lt=1.0, description="share of proxies held out to measure the fit")
+    search_samples: int = Field(100_000, ge=100, description="simulated mixtures scored by the regression")
+    top_k: int = Field(100, ge=1, description="the chosen mixture averages the top-k predicted")
+
+
 class Config(Section):
     name: str = "run"
     out_dir: str = "runs"
@@ -157,6 +177,7 @@ class Config(Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
 
     @property
     def seq_len(self) -> int:

@@ -202,6 +202,9 @@ class Shards:
             return np.zeros(0, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r")
 
+    def batcher(self, seq_len: int, batch_size: int, seed: int) -> Batcher:
+        return Batcher(self.tokens("train"), seq_len, batch_size, seed)
+
     def check_tokenizer(self, tok: Tokenizer) -> None:
         have, want = self.manifest["tokenizer_hash"], tokenizer_hash(tok)
         if have != want:

@@ -68,6 +68,8 @@ class Distiller:
             self.setup_teacher(device, autocast_name)
             if self.teacher_tokenizer_hash != tok_hash:
                 raise SlmError("the teacher's tokenizer differs from the run's; start a new run to adopt the teacher's")
+        if d.cache and not isinstance(shards, Shards):
+            raise SlmError("distill.cache works with one shard folder (data.shards), not with data.mixture")
         if d.cache:
             folder = Path(d.cache)
             m = _cache_manifest(folder)

@@ -146,8 +146,8 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
     if d.master:
         run.save_config(cfg)
     seq_len = cfg.seq_len
-    train_tokens, val_tokens = shards.tokens("train"), shards.tokens("val")
-    batcher = Batcher(train_tokens, seq_len, cfg.train.batch_size, cfg.train.seed)
+    val_tokens = shards.tokens("val")
+    batcher = shards.batcher(seq_len, cfg.train.batch_size, cfg.train.seed)
     Batcher(val_tokens, seq_len, 1, 0, split="val")  # fail now, not at the first evaluation
     byte_lengths = token_byte_lengths(tok)
     if cfg.train.grad_accum % d.world:
@@ -336,6 +336,12 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
     }
     if d.master:
         final = evaluate(None)
+        if hasattr(shards, "domain_val"):  # a mixture: every domain's held-out text, for mixture search
+            summary["val_bpb_by_domain"] = {
+                dm: evaluate_tokens(raw_model, toks, byte_lengths, seq_len, None, cfg.train.batch_size)["bpb"]
+                for dm in shards.domains
+                if len(toks := shards.domain_val(dm)) > seq_len
+            }
         summary.update(
             {
                 "val_loss": final["loss"],

@@ -42,7 +42,13 @@ def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tu
         tmp = run.tokenizer_path.with_suffix(".json.tmp")
         tok.save(str(tmp))
         tmp.replace(run.tokenizer_path)
-    if cfg.data.shards:
+    if cfg.data.mixture:
+        from slm.data.mixture import MixtureShards
+
+        if not cfg.data.shards:
+            raise SlmError("data.mixture needs data.shards = a corpus folder of per-domain shards")
+        shards = MixtureShards(Path(cfg.data.shards), cfg.data.mixture, cfg.data.val_domains, log)
+    elif cfg.data.shards:
         shards = Shards.open(cfg.data.shards)
     elif (run.data_dir / "manifest.json").exists():
         shards = Shards.open(run.data_dir)

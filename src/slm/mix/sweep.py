@@ -1,0 +1,81 @@
+"""The proxy sweep: one small model per sampled mixture, trained as independent jobs (local processes,
+or Ray tasks), each in its own run folder, so a killed sweep resumes without retraining finished ones."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from slm.config import Config
+from slm.errors import SlmError
+
+
+def target_value(summary: dict, target: dict[str, float]) -> float:
+    by = summary["val_bpb_by_domain"]
+    total = sum(target.values())
+    return sum(w * by[d] for d, w in target.items()) / total
+
+
+def train_proxy(cfg_json: str, folder: str, threads: int) -> dict:
+    """Train one proxy; failures are recorded in its folder, not raised, so the sweep goes on."""
+    from rich.console import Console
+
+    from slm.run import Run, atomic_write_text
+    from slm.train.loop import train
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = Config.model_validate_json(cfg_json)
+    cfg.train.threads = threads
+    run = Run(folder)
+    try:
+        resume = run.latest_checkpoint() is not None
+        with open(os.devnull, "w") as quiet:
+            summary = train(cfg, run, resume=resume, console=Console(file=quiet), progress=False)
+        return {"ok": True, "summary": summary}
+    except Exception as e:  # a proxy that diverges or crashes is data for the report, not the end of the sweep
+        reason = f"{type(e).__name__}: {e}"
+        atomic_write_text(run.path / "failed.json", json.dumps({"reason": reason, "trace": traceback.format_exc()}))
+        return {"ok": False, "reason": reason}
+
+
+def run_sweep(
+    jobs_cfg: list[tuple[str, Path]],
+    jobs: int,
+    threads: int,
+    ray_address: str | None,
+    done: Callable[[int, dict], None],
+) -> None:
+    """jobs_cfg: (config JSON, run folder) per pending proxy."""
+    if ray_address:
+        try:
+            import ray
+        except ImportError:
+            raise SlmError("mix.ray_address is set but Ray is not installed: pip install 'slm[cluster]'") from None
+        ray.init(
+            address=None if ray_address == "local" else ray_address,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+            include_dashboard=False,
+        )
+        remote = ray.remote(num_cpus=threads)(train_proxy)
+        futures = {remote.remote(c, str(f), threads): i for i, (c, f) in enumerate(jobs_cfg)}
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1)
+            for r in ready:
+                done(futures.pop(r), ray.get(r))
+        return
+    if jobs <= 1:
+        for i, (c, f) in enumerate(jobs_cfg):
+            done(i, train_proxy(c, str(f), threads))
+        return
+    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        results = [pool.apply_async(train_proxy, (c, str(f), threads)) for c, f in jobs_cfg]
+        for i, r in enumerate(results):
+            done(i, r.get())

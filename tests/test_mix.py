@@ -1,0 +1,142 @@
+"""Mixture search: sampling statistics, regression on a known optimum, mixtures in training, a tiny sweep
+end to end with resume and a failed proxy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slm.config import load_config
+from slm.data.mixture import MixtureShards, check_mixture, natural_weights
+from slm.data.pipeline import run_pipeline
+from slm.errors import SlmError
+from slm.mix.regress import fit, min_proxies, search
+from slm.mix.sample import sample_mixtures
+from slm.mix.search import run_mix
+from slm.mix.sweep import train_proxy
+
+from .test_data_pipeline import make_corpus
+
+
+def test_mixture_samples_centre_on_natural_and_concentration_tightens_them():
+    natural = np.array([0.5, 0.3, 0.15, 0.05])
+    loose = sample_mixtures(natural, 20000, 1.0, seed=0)
+    tight = sample_mixtures(natural, 20000, 10.0, seed=0)
+    assert np.allclose(loose.sum(1), 1.0)
+    assert np.allclose(loose.mean(0), natural, atol=0.01) and np.allclose(tight.mean(0), natural, atol=0.01)
+    assert (tight.std(0) < loose.std(0)).all()
+    assert np.array_equal(sample_mixtures(natural, 5, 1.0, 3), sample_mixtures(natural, 5, 1.0, 3))
+
+
+def test_regression_recovers_a_known_optimum():
+    best = np.array([0.5, 0.3, 0.2])
+    rng = np.random.default_rng(0)
+    X = sample_mixtures(np.full(3, 1 / 3), 80, 1.0, seed=1)
+    y = 3.0 + 10 * ((X - best) ** 2).sum(1) + rng.normal(0, 0.01, len(X))
+    f = fit(X, y, holdout=0.25, seed=0)
+    assert f.holdout["lightgbm"]["spearman"] > 0.8
+    chosen, _, _ = search(f.models["lightgbm"], np.full(3, 1 / 3), 20000, 1.0, 50, seed=0)
+    assert np.abs(chosen - best).sum() < 0.2
+    with pytest.raises(SlmError, match="needs at least 8 finished proxies for 3 domains"):
+        fit(X[:5], y[:5], 0.25, 0)
+    assert min_proxies(6) == 14
+
+
+def test_mixture_weights_are_checked():
+    notes = []
+    assert check_mixture({"a": 2.0, "b": 2.0}, ["a", "b"], notes.append) == {"a": 0.5, "b": 0.5}
+    assert "normalised" in notes[0]
+    with pytest.raises(SlmError, match="unknown domain.*zzz.*the corpus has a, b"):
+        check_mixture({"zzz": 1.0}, ["a", "b"])
+    with pytest.raises(SlmError, match="negative"):
+        check_mixture({"a": -0.1, "b": 1.1}, ["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mixcorpus")
+    res = run_pipeline(
+        load_config_pipeline(make_corpus(root / "src", files=3, per_file=60), root / "corpus")  # news + books
+    )
+    return res.out
+
+
+def load_config_pipeline(recipe: Path, out: Path):
+    from slm.config import PipelineConfig, load_recipe
+
+    return load_recipe(PipelineConfig, recipe, [f'out="{out}"', "output.val_fraction=0.2"])
+
+
+def tiny(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"data.shards='{corpus}'",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.d_model=16",
+        "model.max_seq_len=32",
+        "train.batch_size=4",
+        "train.max_steps=6",
+        "train.warmup_steps=1",
+        "train.eval_every=100",
+        "train.ckpt_every=100",
+        "train.threads=1",
+        "train.dtype='float32'",
+        "sample.prompts=[]",
+        f"out_dir='{out}'",
+        *extra,
+    ]
+
+
+def test_training_on_a_mixture_reports_every_domain(corpus, tmp_path):
+    from slm.run import Run
+    from slm.train.loop import train
+
+    cfg = load_config(None, tiny(corpus, tmp_path, "data.mixture={news = 0.7, books = 0.3}"))
+    s = train(cfg, Run(tmp_path / "r"), progress=False)
+    assert set(s["val_bpb_by_domain"]) == {"news", "books"}
+    shards = MixtureShards(corpus, {"news": 1.0, "books": 0.0}, [])
+    b = shards.batcher(32, 64, seed=0)
+    x, _ = b.batch(0, 0)
+    news = set(np.asarray(shards.domains["news"].tokens("train")).tolist())
+    assert set(x.flatten().tolist()) <= news  # weight 0: books never drawn
+    assert natural_weights(corpus).keys() == {"news", "books"}
+
+
+def test_sweep_end_to_end_resumes_and_records_failures(corpus, tmp_path):
+    over = tiny(corpus, tmp_path, "mix.proxies=6", "mix.jobs=1", "mix.target={books = 1.0}", "mix.search_samples=500",
+                "mix.top_k=10")
+    cfg = load_config(None, over)
+    out = tmp_path / "sweep"
+    first = run_mix(cfg, out, log=lambda m: None)
+    assert len([p for p in first["proxies"] if p["status"] == "ok"]) == 6
+    assert abs(sum(first["chosen"].values()) - 1) < 1e-9
+    assert "mixture" in (out / "mixture.toml").read_text() and (out / "report.html").stat().st_size > 10_000
+    assert set(first["fit"]["correlation"]) == {"lightgbm", "linear"}
+    # a killed sweep: one proxy never finished; the rerun trains only that one
+    victim = out / "proxies" / "p003"
+    (victim / "summary.json").unlink()
+    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in (out / "proxies").iterdir() if p != victim}
+    logs: list[str] = []
+    again = run_mix(cfg, out, log=logs.append)
+    assert any("resuming: 5 of 6" in m for m in logs)
+    assert {p: (p / "summary.json").stat().st_mtime_ns for p in stamps} == stamps
+    assert again["proxies"][3]["status"] == "ok"
+    with pytest.raises(SlmError, match="other mixtures or target"):
+        run_mix(load_config(None, [*over, "mix.seed=9"]), out)
+    # a proxy that diverges is recorded with its reason and left out of the fit
+    bad = load_config(None, [*tiny(corpus, tmp_path, "train.lr=1e9", "train.grad_clip=0"), "data.mixture={news = 1.0}"])
+    res = train_proxy(bad.model_dump_json(), str(tmp_path / "diverged"), 1)
+    assert not res["ok"] and "loss is" in res["reason"]
+    assert "loss is" in json.loads((tmp_path / "diverged" / "failed.json").read_text())["reason"]
+
+
+def test_bad_mix_input(corpus, tmp_path):
+    with pytest.raises(SlmError, match="mix.target is empty"):
+        run_mix(load_config(None, tiny(corpus, tmp_path)), tmp_path / "a")
+    with pytest.raises(SlmError, match="unknown domain"):
+        run_mix(load_config(None, tiny(corpus, tmp_path, "mix.target={poetry = 1.0}")), tmp_path / "b")
+    with pytest.raises(SlmError, match="too few: the regression needs at least 6"):
+        run_mix(load_config(None, tiny(corpus, tmp_path, "mix.target={books = 1.0}", "mix.proxies=3")), tmp_path / "c")
