@@ -49,7 +49,7 @@ def test_mixture_weights_are_checked():
     notes = []
     assert check_mixture({"a": 2.0, "b": 2.0}, ["a", "b"], notes.append) == {"a": 0.5, "b": 0.5}
     assert "normalised" in notes[0]
-    with pytest.raises(SlmError, match="unknown domain.*zzz.*the corpus has a, b"):
+    with pytest.raises(SlmError, match=r"unknown domain.*zzz.*the corpus has a, b"):
         check_mixture({"zzz": 1.0}, ["a", "b"])
     with pytest.raises(SlmError, match="negative"):
         check_mixture({"a": -0.1, "b": 1.1}, ["a", "b"])
@@ -106,8 +106,15 @@ def test_training_on_a_mixture_reports_every_domain(corpus, tmp_path):
 
 
 def test_sweep_end_to_end_resumes_and_records_failures(corpus, tmp_path):
-    over = tiny(corpus, tmp_path, "mix.proxies=6", "mix.jobs=1", "mix.target={books = 1.0}", "mix.search_samples=500",
-                "mix.top_k=10")
+    over = tiny(
+        corpus,
+        tmp_path,
+        "mix.proxies=6",
+        "mix.jobs=1",
+        "mix.target={books = 1.0}",
+        "mix.search_samples=500",
+        "mix.top_k=10",
+    )
     cfg = load_config(None, over)
     out = tmp_path / "sweep"
     first = run_mix(cfg, out, log=lambda m: None)
@@ -134,7 +141,7 @@ def test_sweep_end_to_end_resumes_and_records_failures(corpus, tmp_path):
 
 
 def test_bad_mix_input(corpus, tmp_path):
-    with pytest.raises(SlmError, match="mix.target is empty"):
+    with pytest.raises(SlmError, match=r"mix\.target is empty"):
         run_mix(load_config(None, tiny(corpus, tmp_path)), tmp_path / "a")
     with pytest.raises(SlmError, match="unknown domain"):
         run_mix(load_config(None, tiny(corpus, tmp_path, "mix.target={poetry = 1.0}")), tmp_path / "b")
