@@ -147,3 +147,21 @@ def test_bad_mix_input(corpus, tmp_path):
         run_mix(load_config(None, tiny(corpus, tmp_path, "mix.target={poetry = 1.0}")), tmp_path / "b")
     with pytest.raises(SlmError, match="too few: the regression needs at least 6"):
         run_mix(load_config(None, tiny(corpus, tmp_path, "mix.target={books = 1.0}", "mix.proxies=3")), tmp_path / "c")
+
+
+def test_validate_at_a_larger_scale_reports_decision_accuracy(corpus, tmp_path):
+    from slm.mix.validate import decision_accuracy, validate_sweep
+
+    assert decision_accuracy([1, 2, 3], [10, 20, 30]) == (1.0, 3)
+    assert decision_accuracy([1, 2, 3], [30, 20, 10]) == (0.0, 3)
+    over = tiny(corpus, tmp_path, "mix.proxies=6", "mix.jobs=1", "mix.target={books = 1.0}", "mix.search_samples=500")
+    run_mix(load_config(None, over), tmp_path / "sweep", log=lambda m: None)
+    out = validate_sweep(tmp_path / "sweep", ["model.d_model=32", "train.max_steps=8"], n_proxies=2)
+    names = [r["mixture"] for r in out["mixtures"]]
+    assert names[:3] == ["chosen", "natural", "uniform"] and len(names) == 5
+    assert all(r["proxy_scale"] is not None and r["target_scale"] is not None for r in out["mixtures"])
+    assert out["pairs"] == 10 and 0.0 <= out["decision_accuracy"] <= 1.0
+    assert "d_model = 32" in (tmp_path / "sweep" / "validate" / "large" / "chosen" / "config.toml").read_text()
+    assert "d_model = 16" in (tmp_path / "sweep" / "validate" / "small" / "chosen" / "config.toml").read_text()
+    with pytest.raises(SlmError, match="not a finished mixture sweep"):
+        validate_sweep(tmp_path / "nothing", [])

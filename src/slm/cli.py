@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Train tokenizers (HF tokenizer.json).", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+mix_app = typer.Typer(
+    help="Data mixtures: RegMix search with small proxies, and its check at scale.", no_args_is_help=True
+)
+app.add_typer(mix_app, name="mix")
 data_app = typer.Typer(help="Corpora: the data pipeline and the built-in multi-domain corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -313,7 +317,7 @@ def _build_cache_only(cfg, out: Path | None) -> None:
     )
 
 
-@app.command("mix")
+@mix_app.command("run")
 def mix_cmd(
     recipe: str = typer.Argument(..., help="TOML recipe with [mix] and a corpus in data.shards."),
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -324,7 +328,7 @@ def mix_cmd(
     """RegMix: train small proxies on sampled mixtures, fit a regression, search for the best mixture.
 
     Rerunning the same command resumes a killed sweep without retraining finished proxies.
-    [bold]Example:[/] slm mix recipes/mix-builtin.toml --out runs/mix
+    [bold]Example:[/] slm mix run recipes/mix-builtin.toml --out runs/mix
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -362,6 +366,76 @@ def mix_cmd(
         mt.add_row(name, *row, f"{result['predicted_target'][name]:.4f}")
     console.print(mt)
     console.print(f"chosen mixture: {folder / 'mixture.toml'} · report: {folder / 'report.html'}")
+
+
+@mix_app.command("validate")
+def mix_validate_cmd(
+    sweep: Path = typer.Argument(..., help="A finished sweep folder (slm mix run --out SWEEP)."),
+    sets: list[str] = typer.Option([], "--set", "-s", help="Target-scale overrides, e.g. --set model.n_layer=4."),
+    proxies: int = typer.Option(4, help="Proxies' mixtures to retrain at the target scale, spread over their ranks."),
+    jobs: int = typer.Option(1, help="Target models trained at once."),
+) -> None:
+    """Train the chosen, natural, uniform and a few proxies' mixtures at a larger scale; decision accuracy.
+
+    [bold]Example:[/] slm mix validate runs/mix --set model.n_layer=4 --set model.d_model=128 --set train.max_steps=600
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slm.mix.validate import validate_sweep
+
+    cols = (TextColumn("models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=console) as bar:
+        task = bar.add_task("models", total=None)
+
+        def progress(i: int, n: int) -> None:
+            bar.update(task, completed=i, total=n)
+
+        out = validate_sweep(sweep, sets, proxies, jobs, log=lambda m: bar.console.print(m), progress=progress)
+    table = Table(title=f"target metric (bits-per-byte on {out['target']})")
+    for col in ("mixture", "proxy scale", "target scale"):
+        table.add_column(col, justify="left" if col == "mixture" else "right")
+    for r in out["mixtures"]:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(r["mixture"], fmt(r["proxy_scale"]), fmt(r["target_scale"]))
+    console.print(table)
+    console.print(
+        f"decision accuracy {out['decision_accuracy']:.2f} over {out['pairs']} pairs; chosen beats natural: "
+        f"{out['chosen_beats_natural']}, beats uniform: {out['chosen_beats_uniform']} ({sweep / 'validate.json'})"
+    )
+
+
+@app.command("select")
+def select_cmd(
+    corpus: Path = typer.Argument(..., help="Corpus folder of per-domain shards (slm data builtin / slm data run)."),
+    model: str = typer.Option(..., "--model", "-m", help="Reference model: slm run, transformers folder or .gguf."),
+    out: Path = typer.Option(..., "--out", "-o", help="New corpus folder with the kept documents."),
+    fraction: float = typer.Option(0.5, help="Share of training tokens to keep."),
+    strategy: str = typer.Option("medium", help="low, medium or high perplexity, or random (the control)."),
+    seed: int = typer.Option(0, help="Seed of the random strategy."),
+    force: bool = typer.Option(False, help="Replace --out if it exists."),
+) -> None:
+    """Perplexity-based pruning: score every training document with a small reference model, keep a fraction.
+
+    [bold]Example:[/] slm select corpora/builtin -m runs/ref --fraction 0.5 --strategy medium -o corpora/medium50
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from slm.select.perplexity import select
+
+    cols = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=console, transient=True) as bar:
+        task = bar.add_task("docs", total=None)
+        m = select(
+            corpus, model, out, fraction, strategy, seed, force, lambda i, n: bar.update(task, completed=i, total=n)
+        )
+    table = Table(title=f"{strategy} perplexity, {fraction:.0%} of tokens → {out}")
+    for col in ("domain", "documents", "kept", "tokens", "kept tokens", "mean NLL"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for d, v in m["domains"].items():
+        nll = "-" if v["mean_nll"] is None else f"{v['mean_nll']:.3f}"
+        table.add_row(d, f"{v['documents']:,}", f"{v['kept']:,}", f"{v['tokens']:,}", f"{v['kept_tokens']:,}", nll)
+    console.print(table)
+    console.print(f"scores: {out / 'scores.jsonl'} · histogram: {out / 'report.html'}")
 
 
 @app.command()

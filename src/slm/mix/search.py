@@ -79,6 +79,7 @@ def run_mix(
             raise SlmError(f"{out} holds a sweep with other mixtures or target; choose another --out")
     else:
         atomic_write_text(mf, json.dumps(plan, indent=2) + "\n")
+    atomic_write_text(out / "config.json", cfg.model_dump_json(indent=2) + "\n")  # for slm mix validate
 
     folders = [out / "proxies" / f"p{i:03d}" for i in range(len(mixtures))]
     cfgs = [

@@ -1,0 +1,118 @@
+"""`slm mix validate SWEEP`: does the proxies' choice hold at a larger scale?
+
+Trains the chosen, natural and uniform mixtures plus a few of the proxies' mixtures at the target scale
+(the sweep's recipe with --set overrides: more layers, width, steps), and the first three at the proxy
+scale too, so every mixture has a value at both scales. Reports the target metric per mixture and
+DataDecide-style decision accuracy: over all pairs of mixtures, how often the proxy scale ranks the pair
+the way the target scale does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from slm.config import Config, apply_override, validate_config
+from slm.errors import SlmError
+from slm.mix.search import proxy_config
+from slm.mix.sweep import run_sweep, target_value
+from slm.run import atomic_write_text
+
+
+def decision_accuracy(small: list[float], large: list[float]) -> tuple[float, int]:
+    pairs = list(itertools.combinations(range(len(small)), 2))
+    agree = sum((small[i] < small[j]) == (large[i] < large[j]) for i, j in pairs)
+    return agree / len(pairs), len(pairs)
+
+
+def validate_sweep(
+    sweep: Path,
+    overrides: list[str],
+    n_proxies: int = 4,
+    jobs: int | None = None,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    results_path, recipe_path = sweep / "results.json", sweep / "config.json"
+    if not results_path.is_file() or not recipe_path.is_file():
+        raise SlmError(f"{sweep} is not a finished mixture sweep (no results.json); run `slm mix run` first")
+    res = json.loads(results_path.read_text())
+    raw = json.loads(recipe_path.read_text())
+    small_cfg: Config = validate_config(raw, str(recipe_path))
+    for o in overrides:
+        apply_override(raw, o)
+    large_cfg: Config = validate_config(raw, "validate --set")
+    target = res["target"]
+    ok = [p for p in res["proxies"] if p["status"] == "ok"]
+    ranked = sorted(ok, key=lambda p: p["target"])
+    picks = [ranked[round(i)] for i in np.linspace(0, len(ranked) - 1, min(n_proxies, len(ranked)))]
+    mixtures = {"chosen": res["chosen"], "natural": res["natural"], "uniform": res["uniform"]}
+    mixtures.update({p["proxy"]: p["mixture"] for p in picks})
+    jobs_list: list[tuple[str, str, Path]] = []
+    for name in mixtures:
+        jobs_list.append(("large", name, sweep / "validate" / "large" / name))
+        if name in ("chosen", "natural", "uniform"):
+            jobs_list.append(("small", name, sweep / "validate" / "small" / name))
+    pending = [j for j in jobs_list if not (j[2] / "summary.json").exists()]
+    cores = os.cpu_count() or 1
+    jobs = jobs or 1  # larger models: one at a time with every core, unless told otherwise
+    threads = max(1, cores // jobs)
+    finished = len(jobs_list) - len(pending)
+    if progress:
+        progress(finished, len(jobs_list))
+
+    def done(i: int, r: dict) -> None:
+        nonlocal finished
+        finished += 1
+        if progress:
+            progress(finished, len(jobs_list))
+        if not r["ok"]:
+            log(f"{pending[i][0]} {pending[i][1]} failed: {r['reason']}")
+
+    if pending:
+        cfgs = [
+            (
+                proxy_config(
+                    large_cfg if scale == "large" else small_cfg, mixtures[name], target, name
+                ).model_dump_json(),
+                f,
+            )
+            for scale, name, f in pending
+        ]
+        run_sweep(cfgs, jobs, threads, None, done)
+
+    def value(folder: Path) -> float | None:
+        s = folder / "summary.json"
+        return target_value(json.loads(s.read_text()), target) if s.exists() else None
+
+    table = []
+    by_proxy = {p["proxy"]: p["target"] for p in ok}
+    for name in mixtures:
+        small = by_proxy.get(name, value(sweep / "validate" / "small" / name))
+        table.append(
+            {
+                "mixture": name,
+                "weights": mixtures[name],
+                "proxy_scale": small,
+                "target_scale": value(sweep / "validate" / "large" / name),
+            }
+        )
+    both = [r for r in table if r["proxy_scale"] is not None and r["target_scale"] is not None]
+    acc, pairs = decision_accuracy([r["proxy_scale"] for r in both], [r["target_scale"] for r in both])
+    large = {r["mixture"]: r["target_scale"] for r in table}
+    out = {
+        "target": target,
+        "overrides": overrides,
+        "mixtures": table,
+        "decision_accuracy": acc,
+        "pairs": pairs,
+        "chosen_beats_natural": large["chosen"] < large["natural"],
+        "chosen_beats_uniform": large["chosen"] < large["uniform"],
+    }
+    atomic_write_text(sweep / "validate.json", json.dumps(out, indent=2) + "\n")
+    return out
