@@ -162,6 +162,7 @@ class MixConfig(Section):
     seed: int = 0
     jobs: int | None = Field(None, ge=1, description="proxies trained at once; default: one per core")
     ray_address: str | None = Field(None, description="train proxies as Ray tasks ('auto', 'ray://host:10001')")
+    gpus_per_proxy: float = Field(0.0, ge=0.0, description="Ray: GPUs each proxy asks for (fractions share a GPU)")
     holdout: float = Field(0.25, gt=0.0, lt=1.0, description="share of proxies held out to measure the fit")
     search_samples: int = Field(100_000, ge=100, description="simulated mixtures scored by the regression")
     top_k: int = Field(100, ge=1, description="the chosen mixture averages the top-k predicted")

@@ -108,7 +108,14 @@ def run_mix(
 
     if pending:
         log(f"training {len(pending)} proxies, {jobs} at a time with {threads} thread(s) each")
-        run_sweep([(cfgs[i].model_dump_json(), folders[i]) for i in pending], jobs, threads, cfg.mix.ray_address, done)
+        run_sweep(
+            [(cfgs[i].model_dump_json(), folders[i]) for i in pending],
+            jobs,
+            threads,
+            cfg.mix.ray_address,
+            done,
+            cfg.mix.gpus_per_proxy,
+        )
 
     return analyse(cfg, out, domains, natural, mixtures, folders, target)
 

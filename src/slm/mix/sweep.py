@@ -51,6 +51,7 @@ def run_sweep(
     threads: int,
     ray_address: str | None,
     done: Callable[[int, dict], None],
+    gpus: float = 0.0,
 ) -> None:
     """jobs_cfg: (config JSON, run folder) per pending proxy."""
     if ray_address:
@@ -64,7 +65,7 @@ def run_sweep(
             log_to_driver=False,
             include_dashboard=False,
         )
-        remote = ray.remote(num_cpus=threads)(train_proxy)
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus)(train_proxy)
         futures = {remote.remote(c, str(f), threads): i for i, (c, f) in enumerate(jobs_cfg)}
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)
