@@ -218,3 +218,12 @@ def test_filter_verdicts_do_not_depend_on_the_hash_seed():
         for seed in range(1, 7)
     ]
     assert outs == ["top_2gram"] * 6
+
+
+def test_truncated_archive_keeps_what_was_read_and_reports_the_rest(tmp_path):
+    payload = "".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(2000)).encode()
+    whole = gzip.compress(payload)
+    docs, f = read(tmp_path, "cut.jsonl.gz", whole[: len(whole) // 2])
+    assert 0 < len(docs) < 2000
+    assert f.dropped["read"]["unreadable_file"] == 1
+    assert any("cut.jsonl.gz" in e and "rest of the file skipped" in e for e in f.errors)
