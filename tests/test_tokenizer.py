@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from slm.tokenizer import load_tokenizer, token_byte_lengths, tokenizer_hash, train_tokenizer
@@ -20,6 +20,8 @@ def test_round_trip_any_unicode(text: str):
 
 @settings(max_examples=100, deadline=None)
 @given(st.text())
+@example("<|endoftext|>")  # a literal special token in text is text: it must not become EOS (0 bytes)
+@example("a<|endoftext|>b")
 def test_byte_lengths_sum_to_utf8_length(text: str):
     lengths = token_byte_lengths(TOK)
     ids = TOK.encode(text, add_special_tokens=False).ids

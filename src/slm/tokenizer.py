@@ -30,6 +30,7 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.encode_special_tokens = True
     return tok
 
 
@@ -40,7 +41,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not p.is_file():
         raise SlmError(f"tokenizer {p} not found; train one with `slm tokenizer train` or point to a tokenizer.json")
     try:
-        return Tokenizer.from_file(str(p))
+        tok = Tokenizer.from_file(str(p))
+        # A literal "<|endoftext|>" inside a document is text, not a control token: shards add EOS by id,
+        # and byte counts (bits-per-byte) stay exact whatever the text contains.
+        tok.encode_special_tokens = True
+        return tok
     except Exception as e:  # the Rust side raises plain Exception with its parse message
         raise SlmError(f"{p}: not a valid HF tokenizer.json ({str(e).splitlines()[0]})") from None
 
