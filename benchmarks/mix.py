@@ -138,7 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["sweep", "validate", "concurrency", "all"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-mix-bench"))
-    ap.add_argument("--proxies", type=int, default=32)
+    ap.add_argument("--proxies", type=int, default=32, help="sweep: the recipe default")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.part in ("sweep", "all"):
