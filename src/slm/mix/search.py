@@ -24,7 +24,7 @@ from slm.data.shards import Shards
 from slm.errors import SlmError
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
-from slm.mix.sweep import run_sweep, target_value
+from slm.mix.sweep import run_sweep, target_value, tracker
 from slm.run import atomic_write_text
 
 
@@ -94,17 +94,7 @@ def run_mix(
     cores = os.cpu_count() or 1
     jobs = cfg.mix.jobs or cores
     threads = max(1, cores // jobs)
-    finished = len(folders) - len(pending)
-    if progress:
-        progress(finished, len(folders))
-
-    def done(_i: int, res: dict) -> None:
-        nonlocal finished
-        finished += 1
-        if progress:
-            progress(finished, len(folders))
-        if not res["ok"]:
-            log(f"proxy failed: {res['reason']}")
+    done = tracker(len(folders), len(pending), [f"proxy {folders[i].name}" for i in pending], progress, log)
 
     if pending:
         log(f"training {len(pending)} proxies, {jobs} at a time with {threads} thread(s) each")

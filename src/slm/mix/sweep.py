@@ -45,6 +45,29 @@ def train_proxy(cfg_json: str, folder: str, threads: int) -> dict:
         return {"ok": False, "reason": reason}
 
 
+def tracker(
+    total: int,
+    pending: int,
+    names: list[str],
+    progress: Callable[[int, int], None] | None,
+    log: Callable[[str], None],
+) -> Callable[[int, dict], None]:
+    """The `done` callback of run_sweep: advances the progress bar and reports failures by name."""
+    finished = total - pending
+    if progress:
+        progress(finished, total)
+
+    def done(i: int, res: dict) -> None:
+        nonlocal finished
+        finished += 1
+        if progress:
+            progress(finished, total)
+        if not res["ok"]:
+            log(f"{names[i]} failed: {res['reason']}")
+
+    return done
+
+
 def run_sweep(
     jobs_cfg: list[tuple[str, Path]],
     jobs: int,

@@ -20,7 +20,7 @@ import numpy as np
 from slm.config import Config, apply_override, validate_config
 from slm.errors import SlmError
 from slm.mix.search import proxy_config
-from slm.mix.sweep import run_sweep, target_value
+from slm.mix.sweep import run_sweep, target_value, tracker
 from slm.run import atomic_write_text
 
 
@@ -62,17 +62,7 @@ def validate_sweep(
     cores = os.cpu_count() or 1
     jobs = jobs or 1  # larger models: one at a time with every core, unless told otherwise
     threads = max(1, cores // jobs)
-    finished = len(jobs_list) - len(pending)
-    if progress:
-        progress(finished, len(jobs_list))
-
-    def done(i: int, r: dict) -> None:
-        nonlocal finished
-        finished += 1
-        if progress:
-            progress(finished, len(jobs_list))
-        if not r["ok"]:
-            log(f"{pending[i][0]} {pending[i][1]} failed: {r['reason']}")
+    done = tracker(len(jobs_list), len(pending), [f"{scale} {name}" for scale, name, _ in pending], progress, log)
 
     if pending:
         cfgs = [
