@@ -268,9 +268,9 @@ def run_pipeline(
     exact_dup, near_dup = masks["exact"], masks["near"]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     keeps: list[np.ndarray] = []
-    for t, d, f in zip(tasks, dirs, funnels, strict=True):
+    sizes_by_task = [np.load(d / "sizes.npy") for d in dirs]
+    for t, sizes, f in zip(tasks, sizes_by_task, funnels, strict=True):
         sl = slice(offsets[t.index], offsets[t.index + 1])
-        sizes = np.load(d / "sizes.npy")
         e, n = exact_dup[sl], near_dup[sl]
         _count_step(f, "exact_dedup", sizes, e, "exact_duplicate", cfg.dedup.exact)
         _count_step(f, "near_dedup", sizes[~e], n[~e], "near_duplicate", cfg.dedup.near)
@@ -288,9 +288,7 @@ def run_pipeline(
             progress("write", i, len(domains))
         summary[dm] = _write_domain(cfg, out, work, dm, by_domain[dm], keeps, tok, h)
         for t in by_domain[dm]:
-            k = keeps[t.index]
-            sizes = np.load(work / "tasks" / t.name / "sizes.npy")[k]
-            for s in sizes:
+            for s in sizes_by_task[t.index][keeps[t.index]]:
                 funnels[t.index].keep("write", int(s))
     if progress:
         progress("write", len(domains), len(domains))
@@ -367,9 +365,7 @@ def _tokenizer(cfg: PipelineConfig, out: Path, work: Path, tasks: list[Task], ke
                 streams = alive
 
         tok = train_tokenizer(sample(), vocab_size=cfg.output.vocab_size, eos_token=cfg.output.eos_token)
-    tmp = out / ".tokenizer.json.tmp"
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    atomic_write_text(path, tok.to_str(pretty=True))
     return tok
 
 

@@ -78,6 +78,17 @@ def _decode(raw: bytes, funnel: Funnel) -> str:
     return text
 
 
+def _field(text: object, where: str, max_chars: int, funnel: Funnel) -> Iterator[Doc]:
+    """A Parquet or `datasets` record's text field: a document, or a counted skip."""
+    if not isinstance(text, str):
+        funnel.drop("read", "missing_field")
+        return
+    if len(text) > max_chars:
+        funnel.drop("read", "too_long", len(text))
+        return
+    yield from _emit(text, where, funnel, len(text.encode()))
+
+
 def _emit(text: str, where: str, funnel: Funnel, nbytes: int) -> Iterator[Doc]:
     if text.strip():
         funnel.keep("read", nbytes)
@@ -168,13 +179,7 @@ def read_parquet(path: Path, field: str, max_chars: int, funnel: Funnel) -> Iter
     for batch in pf.iter_batches(columns=[field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             row += 1
-            if not isinstance(text, str):
-                funnel.drop("read", "missing_field")
-                continue
-            if len(text) > max_chars:
-                funnel.drop("read", "too_long", len(text))
-                continue
-            yield from _emit(text, f"{path}:row{row}", funnel, len(text.encode()))
+            yield from _field(text, f"{path}:row{row}", max_chars, funnel)
 
 
 def load_hf(src: SourceConfig, paths: list[Path]):
@@ -196,15 +201,9 @@ def read_hf(src: SourceConfig, paths: list[Path], max_chars: int, funnel: Funnel
     ds = load_hf(src, paths)
     for i, ex in enumerate(ds):
         text = ex.get(src.text_field)
-        if not isinstance(text, str):
-            if i == 0:
-                raise SlmError(f"dataset '{src.dataset}': no text field '{src.text_field}' (fields: {', '.join(ex)})")
-            funnel.drop("read", "missing_field")
-            continue
-        if len(text) > max_chars:
-            funnel.drop("read", "too_long", len(text))
-            continue
-        yield from _emit(text, f"{src.dataset}:{i}", funnel, len(text.encode()))
+        if i == 0 and not isinstance(text, str):
+            raise SlmError(f"dataset '{src.dataset}': no text field '{src.text_field}' (fields: {', '.join(ex)})")
+        yield from _field(text, f"{src.dataset}:{i}", max_chars, funnel)
 
 
 def read_source_file(src: SourceConfig, path: Path, max_chars: int, funnel: Funnel) -> Iterator[Doc]:

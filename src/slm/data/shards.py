@@ -227,7 +227,10 @@ class Batcher:
 
     def batch(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step, index])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        return self.at(rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size))
+
+    def at(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets of the windows beginning at `starts`."""
         win = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
         w = torch.from_numpy(win)
         return w[:, :-1], w[:, 1:]

@@ -134,9 +134,8 @@ class Distiller:
             return x, y, None
         rng = np.random.default_rng([batcher.seed, step, index])
         ids = rng.integers(0, len(self.cache), size=batcher.batch_size)
-        win = np.stack([batcher.tokens[s : s + batcher.seq_len + 1] for s in self.cache.starts[ids]])
-        w = torch.from_numpy(win.astype(np.int64))
-        return w[:, :-1], w[:, 1:], self.cache.rows(ids)
+        x, y = batcher.at(self.cache.starts[ids])
+        return x, y, self.cache.rows(ids)
 
     def loss(self, model, raw: Transformer, x: torch.Tensor, y: torch.Tensor, extra: Any) -> torch.Tensor:
         h, _ = model(x, hidden_only=True)

@@ -10,12 +10,8 @@ import torch
 from tokenizers import Tokenizer
 
 from slm.errors import SlmError
-from slm.model.io import WEIGHTS, load_model, resolve_checkpoint
+from slm.model.io import WEIGHTS, is_run, load_model, resolve_checkpoint
 from slm.model.transformer import Transformer
-
-
-def _is_run(p: Path) -> bool:
-    return (p / "config.toml").is_file() or (p / "meta.json").is_file()
 
 
 def teacher_run(source: str | Path, workdir: Path) -> Path:
@@ -26,7 +22,7 @@ def teacher_run(source: str | Path, workdir: Path) -> Path:
 
         source = packaged_gguf(str(source).split(":", 1)[1])
     src = Path(source)
-    if _is_run(src):
+    if is_run(src):
         return src
     if not src.exists():
         raise SlmError(f"teacher {src} not found; give an slm run, a transformers folder or a .gguf file")

@@ -20,19 +20,15 @@ from rich.table import Table
 from slm.errors import SlmError
 from slm.eval.harness import score_generate, score_multiple_choice, text_bpb
 from slm.eval.tasks import load_task
-from slm.model.io import load_model, resolve_checkpoint
+from slm.model.io import is_run, load_model, resolve_checkpoint
 from slm.run import atomic_write_text
 from slm.tokenizer import eos_id
-
-
-def _is_run(path: Path) -> bool:
-    return (path / "config.toml").is_file() or (path / "meta.json").is_file()
 
 
 def open_model(source: str | Path, stack: ExitStack):
     """(model, tokenizer, config, run folder or None) for any supported source."""
     src = Path(source)
-    if _is_run(src):
+    if is_run(src):
         model, tok, cfg, _ = load_model(src)
         return model, tok, cfg, resolve_checkpoint(src)[0].path
     from slm.export.imports import import_model

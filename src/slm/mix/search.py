@@ -144,7 +144,7 @@ def analyse(cfg, out, domains, natural, mixtures, folders, target) -> dict:
         "target": target,
         "proxies": rows,
         "fit": {"held_out_proxies": len(f.held_out), "correlation": f.holdout},
-        "predicted": {k: v for k, v in f.predicted.items()},
+        "predicted": f.predicted,
         "held_out": f.held_out,
         "fitted_on": ok,
         "chosen": dict(zip(domains, chosen.tolist(), strict=True)),

@@ -43,6 +43,11 @@ def load_weights(model: Transformer, path: Path) -> None:
         raise SlmError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def is_run(path: Path) -> bool:
+    """An slm run folder or one of its checkpoints (as opposed to a transformers folder or a GGUF file)."""
+    return (path / "config.toml").is_file() or (path / "meta.json").is_file()
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Run, Path]:
     """A run folder (its newest checkpoint) or one checkpoint folder inside a run."""
     p = Path(path)
