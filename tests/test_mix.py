@@ -165,3 +165,38 @@ def test_validate_at_a_larger_scale_reports_decision_accuracy(corpus, tmp_path):
     assert "d_model = 16" in (tmp_path / "sweep" / "validate" / "small" / "chosen" / "config.toml").read_text()
     with pytest.raises(SlmError, match="not a finished mixture sweep"):
         validate_sweep(tmp_path / "nothing", [])
+
+
+def crash_or_succeed(cfg_json: str, folder: str, threads: int) -> dict:
+    """Stands in for train_proxy in a pool worker: the folder named 'dies' kills its process outright."""
+    import os
+
+    if folder.endswith("dies"):
+        os._exit(3)
+    return {"ok": True, "summary": {"folder": folder, "threads": threads}}
+
+
+def test_a_dead_worker_is_recorded_and_the_other_proxies_finish(tmp_path):
+    from slm.mix.sweep import DIED, _pool_run
+
+    names = ["a", "b", "dies", "c", "d"]
+    results: dict[int, dict] = {}
+    _pool_run([("{}", tmp_path / n) for n in names], 2, 1, results.__setitem__, crash_or_succeed)
+    assert sorted(results) == [0, 1, 2, 3, 4]  # every proxy reported exactly once
+    assert results[2] == {"ok": False, "reason": DIED}
+    assert all(results[i]["ok"] and results[i]["summary"]["folder"].endswith(names[i]) for i in (0, 1, 3, 4))
+
+
+def test_a_sweep_on_ray_gives_the_same_proxies_as_local_processes(corpus, tmp_path):
+    pytest.importorskip("ray")  # the cluster extra; installed by `make test`
+    import ray
+
+    over = tiny(corpus, tmp_path, "mix.proxies=6", "mix.target={books = 1.0}", "mix.search_samples=500")
+    local = run_mix(load_config(None, [*over, "mix.jobs=2"]), tmp_path / "local", log=lambda m: None)
+    try:
+        on_ray = run_mix(load_config(None, [*over, "mix.ray_address='local'"]), tmp_path / "ray", log=lambda m: None)
+    finally:
+        ray.shutdown()
+    assert [p["status"] for p in on_ray["proxies"]] == ["ok"] * 6
+    assert [p["target"] for p in on_ray["proxies"]] == [p["target"] for p in local["proxies"]]
+    assert on_ray["chosen"] == local["chosen"]

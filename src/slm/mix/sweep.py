@@ -8,6 +8,8 @@ import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from slm.config import Config
@@ -68,6 +70,52 @@ def tracker(
     return done
 
 
+def _worker_init(threads: int) -> None:
+    # Set before torch is first imported in this worker, so its thread pools are sized once.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+DIED = "the worker process died (killed, out of memory or crashed)"
+
+
+def _pool_run(
+    jobs_cfg: list[tuple[str, Path]],
+    jobs: int,
+    threads: int,
+    done: Callable[[int, dict], None],
+    fn: Callable[[str, str, int], dict] = train_proxy,
+) -> None:
+    """Long-lived workers (one torch import per worker, not per proxy), at most `jobs` proxies in flight. A dead
+    worker breaks the whole pool; the proxies in flight then run again one at a time, so a second death names
+    its proxy, which is recorded as failed. A proxy that had checkpointed resumes rather than restarts."""
+    queue = list(range(len(jobs_cfg)))
+    ctx = mp.get_context("spawn")
+    while queue:
+        width = max(jobs, 1)
+        suspects: list[int] = []
+        with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+            running: dict[Future, int] = {}
+            while queue or running:
+                while queue and len(running) < width and not suspects:
+                    i = queue.pop(0)
+                    running[pool.submit(fn, jobs_cfg[i][0], str(jobs_cfg[i][1]), threads)] = i
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = running.pop(fut)
+                    try:
+                        done(i, fut.result())
+                    except BrokenProcessPool:
+                        suspects.append(i)
+        if suspects and len(suspects) == 1 and jobs <= 1:
+            done(suspects[0], {"ok": False, "reason": DIED})
+        elif suspects:
+            for i in sorted(suspects):
+                _pool_run([jobs_cfg[i]], 1, threads, lambda _, res, i=i: done(i, res), fn)
+
+
 def run_sweep(
     jobs_cfg: list[tuple[str, Path]],
     jobs: int,
@@ -88,18 +136,20 @@ def run_sweep(
             log_to_driver=False,
             include_dashboard=False,
         )
-        remote = ray.remote(num_cpus=threads, num_gpus=gpus)(train_proxy)
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(train_proxy)
         futures = {remote.remote(c, str(f), threads): i for i, (c, f) in enumerate(jobs_cfg)}
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)
             for r in ready:
-                done(futures.pop(r), ray.get(r))
+                i = futures.pop(r)
+                try:
+                    res = ray.get(r)
+                except ray.exceptions.RayError as e:  # the task's process died: record it like any failure
+                    res = {"ok": False, "reason": f"{DIED}: {type(e).__name__}"}
+                done(i, res)
         return
     if jobs <= 1:
         for i, (c, f) in enumerate(jobs_cfg):
             done(i, train_proxy(c, str(f), threads))
         return
-    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-        results = [pool.apply_async(train_proxy, (c, str(f), threads)) for c, f in jobs_cfg]
-        for i, r in enumerate(results):
-            done(i, r.get())
+    _pool_run(jobs_cfg, jobs, threads, done)

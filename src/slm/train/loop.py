@@ -194,16 +194,38 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
         f"{tokens_per_step:,} tokens/step, {d.world} process(es), {threads} thread(s) each"
     )
 
-    def evaluate(max_tokens: int | None) -> dict[str, float]:
+    def evaluate(max_tokens: int | None, tokens: Any = None) -> dict[str, float]:
         return evaluate_tokens(
             raw_model,
-            val_tokens,
+            val_tokens if tokens is None else tokens,
             byte_lengths,
             seq_len,
             max_tokens,
             cfg.train.batch_size,
             autocast if dtype_name == "bfloat16" else None,
         )
+
+    by_domain: dict[str, dict[str, float]] = {}
+
+    def evaluate_final() -> dict[str, float]:
+        """The whole held-out split, once. A mixture is scored domain by domain (mixture search needs each), and
+        its overall figure pools the sums of the validation domains rather than scoring the same text again."""
+        if not hasattr(shards, "domain_val"):
+            return evaluate(None)
+        for dm in shards.domains:
+            if len(toks := shards.domain_val(dm)) > seq_len:
+                by_domain[dm] = evaluate(None, toks)
+        pooled = [by_domain[dm] for dm in shards.val_domains if dm in by_domain]
+        nll = sum(r["loss"] * r["tokens"] for r in pooled)
+        n_tok, n_bytes = sum(r["tokens"] for r in pooled), sum(r["bytes"] for r in pooled)
+        loss = nll / max(n_tok, 1)
+        return {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
+            "bpb": nll / math.log(2) / max(n_bytes, 1),
+            "tokens": n_tok,
+            "bytes": n_bytes,
+        }
 
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
         meta = {
@@ -308,7 +330,7 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
 
                 if d.master and (done % cfg.train.eval_every == 0 or done == cfg.train.max_steps):
                     t_eval = time.perf_counter()
-                    last_val = evaluate(cfg.train.eval_tokens)
+                    last_val = evaluate_final() if done == cfg.train.max_steps else evaluate(cfg.train.eval_tokens)
                     log(
                         {
                             "step": done,
@@ -335,13 +357,10 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
         "train_seconds": elapsed,
     }
     if d.master:
-        final = evaluate(None)
-        if hasattr(shards, "domain_val"):  # a mixture: every domain's held-out text, for mixture search
-            summary["val_bpb_by_domain"] = {
-                dm: evaluate_tokens(raw_model, toks, byte_lengths, seq_len, None, cfg.train.batch_size)["bpb"]
-                for dm in shards.domains
-                if len(toks := shards.domain_val(dm)) > seq_len
-            }
+        # The last step always evaluates; only a run resumed from its final checkpoint has not.
+        final = last_val if last_val is not None else evaluate_final()
+        if by_domain:
+            summary["val_bpb_by_domain"] = {dm: r["bpb"] for dm, r in by_domain.items()}
         summary.update(
             {
                 "val_loss": final["loss"],
