@@ -10,7 +10,7 @@ sweep        Builds the corpus (`slm data builtin`, vocabulary 4096), then runs 
 validate     Retrains the chosen, natural, uniform and 4 proxies' mixtures with 4 layers, d_model 128 and 400
              steps (~8x the proxies' non-embedding parameters, 2.7x their tokens); decision accuracy over pairs.
 concurrency  The same 4 proxies trained with mix.jobs=1 (2 threads each) and mix.jobs=2 (1 thread each);
-             ratio of total tokens/s.
+             ratio of total tokens/s, and its ceiling 2 / (one proxy's speed-up from 1 to 2 threads).
 
 Prints one JSON line per measurement.
 """
@@ -102,21 +102,26 @@ def validate(work: Path) -> None:
     )
 
 
+def code_for(work: Path, folder: Path, jobs: int, proxies: int = 4, threads: int = 0) -> str:
+    """A script training proxies of one fixed mixture, `jobs` at a time on `threads` (2 // jobs) each."""
+    return (
+        "import sys,json;from pathlib import Path;from slm.config import load_config;"
+        "from slm.mix.search import proxy_config;from slm.mix.sweep import run_sweep;"
+        f"cfg=load_config({str(REPO / 'recipes' / 'mix-builtin.toml')!r},[\"data.shards='{work / 'corpus'}'\"]);"
+        "mix={'drama':0.2,'scripture':0.2,'definitions':0.15,'docs':0.2,'code':0.15,'spanish':0.1};"
+        f"jobs=[(proxy_config(cfg,mix,{{'drama':1.0}},f'p{{i}}').model_dump_json(),Path({str(folder)!r})/f'p{{i}}')"
+        f" for i in range({proxies})];"
+        f"run_sweep(jobs,{jobs},{threads or 2 // jobs},None,lambda i,r: None)"
+    )
+
+
 def concurrency(work: Path) -> None:
     out = {}
     for jobs in (1, 2):
         folder = work / f"concurrency_{jobs}"
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
-        code = (
-            "import sys,json;from pathlib import Path;from slm.config import load_config;"
-            "from slm.mix.search import proxy_config;from slm.mix.sweep import run_sweep;"
-            f"cfg=load_config({str(REPO / 'recipes' / 'mix-builtin.toml')!r},[\"data.shards='{work / 'corpus'}'\"]);"
-            "mix={'drama':0.2,'scripture':0.2,'definitions':0.15,'docs':0.2,'code':0.15,'spanish':0.1};"
-            f"jobs=[(proxy_config(cfg,mix,{{'drama':1.0}},f'p{{i}}').model_dump_json(),Path({str(folder)!r})/f'p{{i}}')"
-            " for i in range(4)];"
-            f"run_sweep(jobs,{jobs},{2 // jobs},None,lambda i,r: None)"
-        )
+        code = code_for(work, folder, jobs)
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         seconds = time.perf_counter() - t0
         tokens = sum(json.loads((folder / f"p{i}" / "summary.json").read_text())["tokens"] for i in range(4))
@@ -131,7 +136,24 @@ def concurrency(work: Path) -> None:
                 }
             )
         )
-    print(json.dumps({"summary": "concurrency", "ratio": round(out[2] / out[1], 2)}))
+    # The ceiling: 2 cores give at most 2x one thread's work, and one proxy on 2 threads already gets S2x,
+    # so concurrency can give at most 2 / S2. S2 from the same proxy trained alone on 1 thread.
+    alone = work / "concurrency_alone"
+    shutil.rmtree(alone, ignore_errors=True)
+    code = code_for(work, alone, 1, proxies=1, threads=1)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    t1 = json.loads((alone / "p0" / "summary.json").read_text())["train_seconds"]
+    t2 = json.loads((work / "concurrency_1" / "p0" / "summary.json").read_text())["train_seconds"]
+    print(
+        json.dumps(
+            {
+                "summary": "concurrency",
+                "ratio": round(out[2] / out[1], 2),
+                "two_thread_speedup_of_one_proxy": round(t1 / t2, 2),
+                "ceiling": round(2 * t2 / t1, 2),
+            }
+        )
+    )
 
 
 def main() -> None:

@@ -46,6 +46,19 @@ def test_choice_scores_equal_plain_forward(model, tok):
         assert score == pytest.approx(full_logprob(model, ids, len(ctx)), abs=1e-4)
 
 
+def test_answer_bpb_is_the_right_answers_bits_per_byte(model, tok):
+    import math
+
+    from slm.eval.harness import score_multiple_choice
+    from slm.eval.tasks import Task, TaskSpec
+
+    items = [Item("the cat sat on", ["the mat", "a dog"], 1), Item("the dog ate", ["the bone", "x"], 0)]
+    task = Task(TaskSpec(name="t", type="multiple_choice", data="-", choice_prefix=" "), items, Path("-"))
+    got = score_multiple_choice(model, tok, task)
+    bits = sum(-choice_logprobs(model, tok, it, " ")[it.answer] / math.log(2) for it in items)
+    assert got["answer_bpb"] == pytest.approx(bits / (len(" a dog") + len(" the bone")), rel=1e-5)
+
+
 def test_batched_single_token_scoring_equals_per_item(model, tok):
     from slm.eval.harness import _encode_item, single_token_logprobs
 

@@ -79,7 +79,7 @@ def test_bad_sources_fail_clearly(tiny_cfg, tmp_path: Path):
     (hf / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(SlmError, match="corrupt or incomplete"):
         import_model(hf, tmp_path / "y")
-    with pytest.raises(SlmError, match=r"neither a transformers model folder nor a \.gguf"):
+    with pytest.raises(SlmError, match=r"neither a transformers model folder, a \.gguf"):
         import_model(tmp_path / "nothing", tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 

@@ -200,3 +200,25 @@ def test_a_sweep_on_ray_gives_the_same_proxies_as_local_processes(corpus, tmp_pa
     assert [p["status"] for p in on_ray["proxies"]] == ["ok"] * 6
     assert [p["target"] for p in on_ray["proxies"]] == [p["target"] for p in local["proxies"]]
     assert on_ray["chosen"] == local["chosen"]
+
+
+def test_a_task_as_the_target(corpus, tmp_path):
+    from slm.eval.cloze import make_cloze_task
+
+    make_cloze_task(corpus, tmp_path / "next.yaml", per_domain=8)
+    over = tiny(corpus, tmp_path, "mix.proxies=6", "mix.jobs=1", "mix.search_samples=500", "model.max_seq_len=128")
+    cfg = load_config(None, [*over, f"mix.target_task='{tmp_path / 'next.yaml'}'"])
+    out = tmp_path / "sweep"
+    first = run_mix(cfg, out, log=lambda m: None)
+    assert first["target_task"] == str(tmp_path / "next.yaml") and first["target"] == {}
+    for p in first["proxies"]:
+        assert p["status"] == "ok" and p["target"] == p["task"]["answer_bpb"] > 0 and p["task"]["n"] > 0
+    # killed after training but before the task was scored: the rerun scores it, and trains nothing again
+    victim = out / "proxies" / "p002" / "summary.json"
+    victim.write_text(json.dumps({k: v for k, v in json.loads(victim.read_text()).items() if k != "task"}))
+    again = run_mix(cfg, out, log=lambda m: None)
+    assert again["proxies"][2]["target"] == pytest.approx(first["proxies"][2]["target"], rel=1e-6)
+    with pytest.raises(SlmError, match="not both"):
+        run_mix(
+            load_config(None, [*over, "mix.target={books = 1.0}", f"mix.target_task='{tmp_path / 'next.yaml'}'"]), out
+        )

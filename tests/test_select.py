@@ -60,3 +60,68 @@ def test_select_end_to_end(corpus, tmp_path):  # noqa: F811
     assert "<svg" in (tmp_path / "low" / "report.html").read_text()
     with pytest.raises(SlmError, match="exists"):
         select(corpus, str(ref.path), tmp_path / "low", 0.5, "low")
+
+
+def test_units_cut_documents_into_pieces():
+    from slm.select.perplexity import units
+
+    spans = [(0, 10), (10, 13)]
+    assert units(spans, 0) == spans
+    assert units(spans, 4) == [(0, 4), (4, 8), (8, 10), (10, 13)]
+
+
+def test_select_by_pieces_ends_every_kept_piece_with_a_separator(corpus, tmp_path):  # noqa: F811
+    ref = Run(tmp_path / "ref")
+    train(load_config(None, tiny(corpus, tmp_path, "data.mixture={news = 0.5, books = 0.5}")), ref, progress=False)
+    m = select(corpus, str(ref.path), tmp_path / "pieces", 0.4, "high", unit_tokens=16)
+    rows = [json.loads(x) for x in (tmp_path / "pieces" / "scores.jsonl").read_text().splitlines()]
+    assert (
+        max(r["tokens"] for r in rows) == 16 and len(rows) > 2 * sum(v["documents"] for v in m["domains"].values()) / 3
+    )
+    eos = Shards.open(corpus / "news").manifest["eos_id"]
+    for d in ("news", "books"):
+        src = np.asarray(Shards.open(corpus / d).tokens("train"))
+        out = np.asarray(Shards.open(tmp_path / "pieces" / d).tokens("train"))
+        kept = [r for r in rows if r["domain"] == d and r["kept"]]
+        # each kept piece, in order, plus a separator where the piece stopped inside a document
+        expect = [np.append(src[r["start"] : r["end"]], [] if src[r["end"] - 1] == eos else [eos]) for r in kept]
+        assert np.array_equal(out, np.concatenate(expect).astype(out.dtype))
+    with pytest.raises(SlmError, match="unit-tokens"):
+        select(corpus, str(ref.path), tmp_path / "neg", 0.4, "high", unit_tokens=-1)
+
+
+def test_a_reference_tokenizer_that_cannot_spell_the_corpus_is_refused(corpus, tmp_path, monkeypatch):  # noqa: F811
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    import slm.eval.evaluate as ev
+
+    ref = Run(tmp_path / "ref")
+    train(load_config(None, tiny(corpus, tmp_path, "data.mixture={news = 0.5, books = 0.5}")), ref, progress=False)
+    real = ev.open_model
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+
+    def with_word_tokenizer(source, stack):
+        model, _, cfg, path = real(source, stack)
+        return model, words, cfg, path
+
+    monkeypatch.setattr(ev, "open_model", with_word_tokenizer)
+    with pytest.raises(SlmError, match="tokenizer cannot encode the corpus"):
+        select(corpus, str(ref.path), tmp_path / "sel", 0.5, "low")
+    assert not (tmp_path / "sel").exists()
+
+
+def test_batched_scores_equal_one_by_one(corpus, tmp_path):  # noqa: F811
+    from slm.model.io import load_model
+    from slm.select.perplexity import score_all, score_tokens
+
+    ref = Run(tmp_path / "ref")
+    train(load_config(None, tiny(corpus, tmp_path, "data.mixture={news = 0.5, books = 0.5}")), ref, progress=False)
+    model, _, _, _ = load_model(ref.path)
+    model.eval()
+    toks = np.asarray(Shards.open(corpus / "news").tokens("train"))
+    units = [toks[i : i + 20] for i in range(0, 400, 20)] + [toks[:90], toks[5:6], toks[7:40]]  # 33: one window
+    got = score_all(model, units, 32, batch=4)
+    for u, g in zip(units, got, strict=True):
+        total, n = score_tokens(model, u, 32)
+        assert g == pytest.approx(total / max(n, 1), rel=1e-4, abs=1e-6)

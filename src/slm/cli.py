@@ -106,6 +106,30 @@ def data_builtin(
     console.print(f"sources and licences: {out / 'manifest.json'}")
 
 
+@data_app.command("cloze")
+def data_cloze(
+    corpus: Path = typer.Argument(..., help="Corpus folder of per-domain shards with held-out splits."),
+    out: Path = typer.Option(..., "--out", "-o", help="Task file to write (NAME.yaml; the items go in NAME.jsonl)."),
+    per_domain: int = typer.Option(100, min=1, help="Items per domain at most."),
+    seed: int = typer.Option(0, help="Seed for the items and their distractors."),
+    force: bool = typer.Option(False, help="Replace --out if it exists."),
+) -> None:
+    """Make a next-line multiple-choice task from a corpus's held-out text, for models too small for MMLU.
+
+    [bold]Example:[/] slm data cloze corpora/builtin -o tasks/mine/builtin_next_line.yaml && \
+    slm eval runs/quickstart --tasks tasks/mine/builtin_next_line.yaml
+    """
+    from slm.eval.cloze import make_cloze_task
+    from slm.run import refuse_existing
+
+    refuse_existing(out, force)
+    counts = make_cloze_task(corpus, out, per_domain, seed)
+    console.print(
+        f"{sum(counts.values())} items ({', '.join(f'{d} {n}' for d, n in counts.items())}) → {out}; "
+        f"chance is 25%: slm eval MODEL --tasks {out}"
+    )
+
+
 @data_app.command("run")
 def data_run(
     recipe: str = typer.Argument(..., help="Pipeline recipe (TOML), e.g. recipes/data-builtin.toml."),
@@ -412,6 +436,9 @@ def select_cmd(
     fraction: float = typer.Option(0.5, help="Share of training tokens to keep."),
     strategy: str = typer.Option("medium", help="low, medium or high perplexity, or random (the control)."),
     seed: int = typer.Option(0, help="Seed of the random strategy."),
+    unit_tokens: int = typer.Option(
+        0, help="Score and keep pieces of at most this many tokens (0: whole documents); for corpora of long books."
+    ),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
     """Perplexity-based pruning: score every training document with a small reference model, keep a fraction.
@@ -426,7 +453,15 @@ def select_cmd(
     with Progress(*cols, console=console, transient=True) as bar:
         task = bar.add_task("docs", total=None)
         m = select(
-            corpus, model, out, fraction, strategy, seed, force, lambda i, n: bar.update(task, completed=i, total=n)
+            corpus,
+            model,
+            out,
+            fraction,
+            strategy,
+            seed,
+            force,
+            lambda i, n: bar.update(task, completed=i, total=n),
+            unit_tokens,
         )
     table = Table(title=f"{strategy} perplexity, {fraction:.0%} of tokens → {out}")
     for col in ("domain", "documents", "kept", "tokens", "kept tokens", "mean NLL"):

@@ -157,6 +157,10 @@ class MixConfig(Section):
     target: dict[str, float] = Field(
         default_factory=dict, description="domain -> weight of its held-out bits-per-byte in the target metric"
     )
+    target_task: str = Field(
+        "",
+        description="or a multiple-choice task (name or file): the target is bits-per-byte of its right answers",
+    )
     proxies: int = Field(24, ge=1, description="proxy models, one per sampled mixture")
     concentration: float = Field(1.0, gt=0.0, description="Dirichlet concentration around the natural mixture")
     seed: int = 0

@@ -18,6 +18,14 @@ from slm.data.shards import Shards
 from slm.errors import SlmError
 
 
+def is_corpus(folder: Path) -> bool:
+    """A corpus folder (per-domain shard folders under one manifest) rather than one shard folder."""
+    try:
+        return isinstance(json.loads((folder / "manifest.json").read_text()).get("domains"), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def corpus_domains(folder: Path) -> list[str]:
     mf = folder / "manifest.json"
     if not mf.is_file():

@@ -35,6 +35,8 @@ def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str)
     conts = [c or [0] for c in conts]
     longest = max(len(c) for c in conts)
     limit = model.cfg.max_seq_len
+    if longest >= limit:
+        raise ValueError(f"a choice of {longest} tokens leaves no room for its prompt in the model's {limit}")
     ctx = ctx[-(limit - longest) :] if len(ctx) + longest > limit else ctx
     if not ctx:
         raise ValueError("a choice is longer than the model's context")
@@ -99,14 +101,19 @@ def score_multiple_choice(
             if on_item:
                 on_item()
     correct = correct_norm = 0
+    answer_bits = answer_bytes = 0.0
     for item, lp in zip(task.items, scores, strict=True):
-        assert lp is not None
+        assert lp is not None and isinstance(item.answer, int)
         lengths = [len((prefix + c).encode("utf-8")) for c in item.choices]
         correct += int(np.argmax(lp)) == item.answer
         # lm-evaluation-harness's acc_norm: log-likelihood per byte of the choice.
         correct_norm += int(np.argmax([s / max(n, 1) for s, n in zip(lp, lengths, strict=True)])) == item.answer
+        answer_bits -= lp[item.answer] / math.log(2)
+        answer_bytes += lengths[item.answer]
     n = len(task.items)
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": n}
+    # answer_bpb: bits per byte of the right answers given their prompts. Smooth where accuracy is a step
+    # function, so it is the task's loss when small models are compared (slm mix's task target).
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "answer_bpb": answer_bits / max(answer_bytes, 1), "n": n}
 
 
 def extract_answer(text: str, pattern: str | None) -> str:

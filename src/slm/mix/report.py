@@ -68,8 +68,10 @@ def write_mix_report(result: dict, path: Path) -> Path:
         for name in ("natural", "uniform", "chosen")
     ]
     failed = [[p["proxy"], p["reason"]] for p in result["proxies"] if p["status"] != "ok"]
+    task = result.get("target_task")
+    what = f"task {task} (bits-per-byte of its right answers)" if task else str(result["target"])
     parts = [
-        f"<h1>slm mix</h1><p class=muted>target: {html.escape(str(result['target']))} · "
+        f"<h1>slm mix</h1><p class=muted>target: {html.escape(what)} · "
         f"{len(result['fitted_on'])} proxies fitted, {len(failed)} failed · "
         f"{result['search_samples']:,} mixtures searched, top {result['top_k']} averaged</p>",
         "<h2>Fit on held-out proxies</h2>",

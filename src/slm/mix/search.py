@@ -24,14 +24,25 @@ from slm.data.shards import Shards
 from slm.errors import SlmError
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
-from slm.mix.sweep import run_sweep, target_value, tracker
+from slm.mix.sweep import finished, run_sweep, target_value, tracker
 from slm.run import atomic_write_text
 
 
 def check_target(cfg: Config, corpus: Path, domains: list[str]) -> dict[str, float]:
     target = cfg.mix.target
+    if cfg.mix.target_task:
+        from slm.eval.tasks import load_task
+
+        if target:
+            raise SlmError("set mix.target (held-out domains) or mix.target_task, not both")
+        if load_task(cfg.mix.target_task).spec.type != "multiple_choice":  # parsed now, not after the sweep
+            raise SlmError(f"mix.target_task {cfg.mix.target_task} is not a multiple-choice task")
+        return {}
     if not target:
-        raise SlmError("mix.target is empty; name the held-out domain(s) to optimise, e.g. mix.target = {drama = 1.0}")
+        raise SlmError(
+            "mix.target is empty; name the held-out domain(s) to optimise, e.g. mix.target = {drama = 1.0}, "
+            "or a multiple-choice task as mix.target_task"
+        )
     unknown = [d for d in target if d not in domains]
     if unknown:
         raise SlmError(f"mix.target names unknown domain(s) {', '.join(unknown)}; the corpus has {', '.join(domains)}")
@@ -46,7 +57,7 @@ def check_target(cfg: Config, corpus: Path, domains: list[str]) -> dict[str, flo
 def proxy_config(cfg: Config, mixture: dict[str, float], target: dict[str, float], name: str) -> Config:
     c = cfg.model_copy(deep=True)
     c.data.mixture = mixture
-    c.data.val_domains = list(target)
+    c.data.val_domains = list(target)  # empty for a task target: every domain the mixture uses
     c.name = name
     return c
 
@@ -72,6 +83,8 @@ def run_mix(
     mixtures = sample_mixtures(natural, cfg.mix.proxies, cfg.mix.concentration, cfg.mix.seed)
     out.mkdir(parents=True, exist_ok=True)
     plan = {"domains": domains, "natural": natural.tolist(), "mixtures": mixtures.tolist(), "target": target}
+    if cfg.mix.target_task:
+        plan["target_task"] = cfg.mix.target_task
     mf = out / "mixtures.json"
     if mf.exists():
         old = json.loads(mf.read_text())
@@ -86,9 +99,8 @@ def run_mix(
         proxy_config(cfg, dict(zip(domains, m.tolist(), strict=True)), target, f"p{i:03d}")
         for i, m in enumerate(mixtures)
     ]
-    pending = [
-        i for i, f in enumerate(folders) if not (f / "summary.json").exists() and not (f / "failed.json").exists()
-    ]
+    task = cfg.mix.target_task
+    pending = [i for i, f in enumerate(folders) if not finished(f, task) and not (f / "failed.json").exists()]
     if len(pending) < len(folders):
         log(f"resuming: {len(folders) - len(pending)} of {len(folders)} proxies already finished")
     cores = os.cpu_count() or 1
@@ -114,12 +126,13 @@ def analyse(cfg, out, domains, natural, mixtures, folders, target) -> dict:
     rows, ok = [], []
     for i, f in enumerate(folders):
         row = {"proxy": f.name, "mixture": dict(zip(domains, mixtures[i].tolist(), strict=True))}
-        if (f / "summary.json").exists():
+        if finished(f, cfg.mix.target_task):
             s = json.loads((f / "summary.json").read_text())
             row.update(
                 {
                     "status": "ok",
-                    "target": target_value(s, target),
+                    "target": target_value(s, target, cfg.mix.target_task),
+                    **({"task": s["task"]} if "task" in s else {}),
                     "val_bpb_by_domain": s["val_bpb_by_domain"],
                     "train_seconds": s["train_seconds"],
                     "tokens": s["tokens"],
@@ -142,6 +155,7 @@ def analyse(cfg, out, domains, natural, mixtures, folders, target) -> dict:
     result = {
         "domains": domains,
         "target": target,
+        "target_task": cfg.mix.target_task,
         "proxies": rows,
         "fit": {"held_out_proxies": len(f.held_out), "correlation": f.holdout},
         "predicted": f.predicted,

@@ -16,10 +16,34 @@ from slm.config import Config
 from slm.errors import SlmError
 
 
-def target_value(summary: dict, target: dict[str, float]) -> float:
+def target_value(summary: dict, target: dict[str, float], task: str = "") -> float:
+    """The number the sweep minimises: weighted held-out bpb of the target domains, or the task's answer bpb."""
+    if task:
+        return summary["task"]["answer_bpb"]
     by = summary["val_bpb_by_domain"]
     total = sum(target.values())
     return sum(w * by[d] for d, w in target.items()) / total
+
+
+def finished(folder: Path, task: str = "") -> bool:
+    """A proxy is done when its summary is written, and holds the task's score when the target is a task."""
+    s = folder / "summary.json"
+    return s.exists() and (not task or "task" in json.loads(s.read_text()))
+
+
+def score_task(run_path: Path, task_name: str, summary: dict) -> dict:
+    """Scores the trained proxy on the target task; the summary is rewritten with it (atomically), last."""
+    from slm.eval.harness import score_multiple_choice
+    from slm.eval.tasks import load_task
+    from slm.model.io import load_model
+    from slm.run import Run
+
+    model, tok, _, _ = load_model(run_path)
+    model.eval()
+    task = load_task(task_name)
+    summary = {**summary, "task": {"name": task.spec.name, **score_multiple_choice(model, tok, task)}}
+    Run(run_path).write_summary(summary)
+    return summary
 
 
 def train_proxy(cfg_json: str, folder: str, threads: int) -> dict:
@@ -40,6 +64,8 @@ def train_proxy(cfg_json: str, folder: str, threads: int) -> dict:
         resume = run.latest_checkpoint() is not None
         with open(os.devnull, "w") as quiet:
             summary = train(cfg, run, resume=resume, console=Console(file=quiet), progress=False)
+        if cfg.mix.target_task:
+            summary = score_task(run.path, cfg.mix.target_task, summary)
         return {"ok": True, "summary": summary}
     except Exception as e:  # a proxy that diverges or crashes is data for the report, not the end of the sweep
         reason = f"{type(e).__name__}: {e}"

@@ -20,7 +20,7 @@ import numpy as np
 from slm.config import Config, apply_override, validate_config
 from slm.errors import SlmError
 from slm.mix.search import proxy_config
-from slm.mix.sweep import run_sweep, target_value, tracker
+from slm.mix.sweep import finished, run_sweep, target_value, tracker
 from slm.run import atomic_write_text
 
 
@@ -47,7 +47,7 @@ def validate_sweep(
     for o in overrides:
         apply_override(raw, o)
     large_cfg: Config = validate_config(raw, "validate --set")
-    target = res["target"]
+    target, task = res["target"], res.get("target_task", "")
     ok = [p for p in res["proxies"] if p["status"] == "ok"]
     ranked = sorted(ok, key=lambda p: p["target"])
     picks = [ranked[round(i)] for i in np.linspace(0, len(ranked) - 1, min(n_proxies, len(ranked)))]
@@ -58,7 +58,7 @@ def validate_sweep(
         jobs_list.append(("large", name, sweep / "validate" / "large" / name))
         if name in ("chosen", "natural", "uniform"):
             jobs_list.append(("small", name, sweep / "validate" / "small" / name))
-    pending = [j for j in jobs_list if not (j[2] / "summary.json").exists()]
+    pending = [j for j in jobs_list if not finished(j[2], task)]
     cores = os.cpu_count() or 1
     jobs = jobs or 1  # larger models: one at a time with every core, unless told otherwise
     threads = max(1, cores // jobs)
@@ -78,7 +78,7 @@ def validate_sweep(
 
     def value(folder: Path) -> float | None:
         s = folder / "summary.json"
-        return target_value(json.loads(s.read_text()), target) if s.exists() else None
+        return target_value(json.loads(s.read_text()), target, task) if finished(folder, task) else None
 
     table = []
     by_proxy = {p["proxy"]: p["target"] for p in ok}
@@ -97,6 +97,7 @@ def validate_sweep(
     large = {r["mixture"]: r["target_scale"] for r in table}
     out = {
         "target": target,
+        "target_task": task,
         "overrides": overrides,
         "mixtures": table,
         "decision_accuracy": acc,

@@ -36,6 +36,14 @@ def documents(tokens: np.ndarray, eos: int) -> list[tuple[int, int]]:
     return spans
 
 
+def units(spans: list[tuple[int, int]], max_tokens: int) -> list[tuple[int, int]]:
+    """Documents cut into pieces of at most max_tokens (0: whole documents), so a corpus of a few long books
+    can still be selected from at a useful grain."""
+    if max_tokens <= 0:
+        return spans
+    return [(s, min(s + max_tokens, b)) for a, b in spans for s in range(a, b, max_tokens)]
+
+
 @torch.no_grad()
 def score_tokens(model, ids: np.ndarray, seq_len: int) -> tuple[float, int]:
     """Summed NLL (nats) and count of predicted tokens of one document, in windows of seq_len."""
@@ -49,6 +57,36 @@ def score_tokens(model, ids: np.ndarray, seq_len: int) -> tuple[float, int]:
         total += F.cross_entropy(logits[0].float(), w[1:], reduction="sum").item()
         n += len(w) - 1
     return total, n
+
+
+def score_all(
+    model, units: list[np.ndarray], seq_len: int, progress: Callable[[int, int], None] | None = None, batch: int = 16
+) -> list[float]:
+    """Mean NLL per predicted token of every unit. Units that fit one window and share a length (pieces of
+    --unit-tokens mostly do) go through the model together; the rest one by one, in windows."""
+    out = [0.0] * len(units)
+    by_len: dict[int, list[int]] = {}
+    for i, u in enumerate(units):
+        by_len.setdefault(len(u) if 2 <= len(u) <= seq_len + 1 else -1, []).append(i)
+    done = 0
+    for length, idx in by_len.items():
+        step = batch if length > 0 else 1
+        for k in range(0, len(idx), step):
+            chunk = idx[k : k + step]
+            if length > 0:
+                w = torch.from_numpy(np.stack([np.asarray(units[i], dtype=np.int64) for i in chunk]))
+                with torch.no_grad():
+                    logits, _ = model(w[:, :-1])
+                nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none").mean(1)
+                for i, v in zip(chunk, nll.tolist(), strict=True):
+                    out[i] = v
+            else:
+                total, n = score_tokens(model, units[chunk[0]], seq_len)
+                out[chunk[0]] = total / max(n, 1)
+            done += len(chunk)
+            if progress:
+                progress(done, len(units))
+    return out
 
 
 def keep_mask(scores: np.ndarray, sizes: np.ndarray, fraction: float, strategy: str, seed: int) -> np.ndarray:
@@ -84,11 +122,16 @@ def select(
     seed: int = 0,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    unit_tokens: int = 0,
 ) -> dict:
+    """Score and keep units (documents, or pieces of unit_tokens); a kept piece that does not end its
+    document gets a separator, so pieces from different places never run together in training."""
     from contextlib import ExitStack
 
     from slm.eval.evaluate import open_model
 
+    if unit_tokens < 0:
+        raise SlmError(f"--unit-tokens must be 0 (whole documents) or positive (got {unit_tokens})")
     refuse_existing(out, force)
     domains = corpus_domains(corpus)
     tok = load_tokenizer(corpus / "tokenizer.json")
@@ -98,9 +141,8 @@ def select(
         same = tokenizer_hash(ref_tok) == tokenizer_hash(tok)
         shards = {d: Shards.open(corpus / d) for d in domains}
         eos = shards[domains[0]].manifest["eos_id"]
-        spans = {d: documents(shards[d].tokens("train"), eos) for d in domains}
-        total = sum(len(s) for s in spans.values())
-        rows, done = [], 0
+        spans = {d: units(documents(shards[d].tokens("train"), eos), unit_tokens) for d in domains}
+        rows, encoded = [], []
         seq = model.cfg.max_seq_len
         for d in domains:
             toks = shards[d].tokens("train")
@@ -115,11 +157,10 @@ def select(
                             "use a byte-level tokenizer or a model trained on this corpus"
                         )
                     ids = np.array(enc.ids, dtype=np.int64)
-                nll, n = score_tokens(model, ids, seq)
-                rows.append({"domain": d, "start": a, "end": b, "tokens": b - a, "nll": nll / max(n, 1)})
-                done += 1
-                if progress and done % 50 == 0:
-                    progress(done, total)
+                encoded.append(ids)
+                rows.append({"domain": d, "start": a, "end": b, "tokens": b - a})
+        for r, nll in zip(rows, score_all(model, encoded, seq, progress), strict=True):
+            r["nll"] = nll
     scores = np.array([r["nll"] for r in rows])
     sizes = np.array([r["tokens"] for r in rows])
     mask = keep_mask(scores, sizes, fraction, strategy, seed)
@@ -132,7 +173,11 @@ def select(
             n_docs = len(spans[d])
             keep = mask[i : i + n_docs]
             toks = src.tokens("train")
-            kept = [np.asarray(toks[a:b]) for (a, b), k in zip(spans[d], keep, strict=True) if k]
+            kept = [
+                np.asarray(toks[a:b]) if toks[b - 1] == eos else np.append(np.asarray(toks[a:b]), eos)
+                for (a, b), k in zip(spans[d], keep, strict=True)
+                if k
+            ]
             folder = tmp / d
             folder.mkdir()
             dtype = np.dtype(src.manifest["dtype"])
@@ -144,7 +189,12 @@ def select(
                 "train": {"file": "train.bin", "tokens": len(arr), "documents": int(keep.sum()), "bytes": None},
                 "val": dict(src.manifest["splits"]["val"], file="val.bin"),
             }
-            m["selection"] = {"reference": str(reference), "strategy": strategy, "fraction": fraction}
+            m["selection"] = {
+                "reference": str(reference),
+                "strategy": strategy,
+                "fraction": fraction,
+                "unit_tokens": unit_tokens,
+            }
             assert m["format"] == FORMAT
             (folder / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
             summary[d] = {
@@ -157,7 +207,13 @@ def select(
             i += n_docs
         manifest = {
             "format": "slm-corpus/1",
-            "selection": {"reference": str(reference), "strategy": strategy, "fraction": fraction, "seed": seed},
+            "selection": {
+                "reference": str(reference),
+                "strategy": strategy,
+                "fraction": fraction,
+                "seed": seed,
+                "unit_tokens": unit_tokens,
+            },
             "domains": summary,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from slm.config import Config
+from slm.data.mixture import MixtureShards, is_corpus, natural_weights
 from slm.data.shards import Shards, prepare_shards
 from slm.data.text import ReadStats, expand_inputs, read_documents
 from slm.errors import SlmError
@@ -42,12 +43,14 @@ def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tu
         tmp = run.tokenizer_path.with_suffix(".json.tmp")
         tok.save(str(tmp))
         tmp.replace(run.tokenizer_path)
-    if cfg.data.mixture:
-        from slm.data.mixture import MixtureShards
-
-        if not cfg.data.shards:
-            raise SlmError("data.mixture needs data.shards = a corpus folder of per-domain shards")
-        shards = MixtureShards(Path(cfg.data.shards), cfg.data.mixture, cfg.data.val_domains, log)
+    corpus = bool(cfg.data.shards) and is_corpus(Path(cfg.data.shards))
+    if cfg.data.mixture or corpus:
+        if not corpus:
+            where = cfg.data.shards or "not set"
+            raise SlmError(f"data.mixture needs data.shards = a corpus folder of per-domain shards ({where})")
+        # No mixture given: every training token of the corpus is equally likely, its natural mixture.
+        mixture = cfg.data.mixture or natural_weights(Path(cfg.data.shards))
+        shards = MixtureShards(Path(cfg.data.shards), mixture, cfg.data.val_domains, log)
     elif cfg.data.shards:
         shards = Shards.open(cfg.data.shards)
     elif (run.data_dir / "manifest.json").exists():

@@ -1,0 +1,120 @@
+"""A multiple-choice task made from a corpus's held-out text: which line comes next?
+
+Each item is a context (the lines before a point in a held-out document) and four candidate next lines: the
+true one and three lines of similar length from elsewhere in the same domain's held-out text. Lines longer
+than an item allows (paragraphs of prose) are cut into sentences, which then play the part of lines. A model that
+has learnt a domain's structure (verse and speakers, verse numbers, definitions, reST, Python) picks the
+true line more often than the 25% of chance, so the task separates models far too small for MMLU or
+BIG-bench. It is text, not tokens: any model `slm eval` loads can take it, whatever its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from slm.data.mixture import corpus_domains
+from slm.data.shards import Shards
+from slm.errors import SlmError
+from slm.run import atomic_write_text
+from slm.tokenizer import load_tokenizer
+
+SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+
+
+def held_out_lines(corpus: Path, domain: str, max_chars: int = 160) -> list[list[tuple[str, str]]]:
+    """The held-out documents of one domain, each as (separator before, text) units: non-blank lines, and
+    the sentences of lines longer than max_chars."""
+    tok = load_tokenizer(corpus / "tokenizer.json")
+    shards = Shards.open(corpus / domain)
+    ids = np.asarray(shards.tokens("val"))
+    eos = shards.manifest["eos_id"]
+    cuts = np.nonzero(ids == eos)[0].tolist()
+    docs, start = [], 0
+    for end in [*cuts, len(ids)]:
+        text = tok.decode(ids[start:end].tolist(), skip_special_tokens=True)
+        units: list[tuple[str, str]] = []
+        for line in (ln.strip() for ln in text.split("\n")):
+            if not line:
+                continue
+            parts = SENTENCE_END.split(line) if len(line) > max_chars else [line]
+            units += [("\n" if i == 0 else " ", part) for i, part in enumerate(parts)]
+        if units:
+            docs.append(units)
+        start = end + 1
+    return docs
+
+
+def make_items(
+    docs: list[list[tuple[str, str]]],
+    n: int,
+    rng: np.random.Generator,
+    context_chars: int = 400,
+    min_chars: int = 16,
+    max_chars: int = 160,
+    n_choices: int = 4,
+) -> list[dict]:
+    """Up to n items: (context, true next unit, n_choices - 1 units of similar length from other places).
+    Every choice carries the true unit's separator, so the joint alone gives nothing away."""
+    pool = [(d, i) for d, units in enumerate(docs) for i in range(1, len(units))]
+    lengths = np.array([len(docs[d][i][1]) for d, i in pool])
+    points = [k for k, (d, i) in enumerate(pool) if min_chars <= lengths[k] <= max_chars]
+    rng.shuffle(points)
+    items: list[dict] = []
+    for k in points:
+        if len(items) == n:
+            break
+        d, i = pool[k]
+        sep, answer = docs[d][i]
+        near = np.nonzero((lengths >= 0.67 * len(answer)) & (lengths <= 1.5 * len(answer)))[0]
+        others = sorted({docs[e][j][1] for e, j in (pool[m] for m in near)} - {answer})
+        if len(others) < n_choices - 1:
+            continue
+        first, used = i - 1, len(docs[d][i - 1][1])  # at least the unit just before, then back to the budget
+        while first > 0 and used + 1 + len(docs[d][first - 1][1]) <= context_chars:
+            first -= 1
+            used += 1 + len(docs[d][first][1])
+        context = docs[d][first][1] + "".join(s + t for s, t in docs[d][first + 1 : i])
+        choices = [answer, *rng.choice(others, size=n_choices - 1, replace=False).tolist()]
+        order = rng.permutation(n_choices)
+        items.append(
+            {
+                "context": context,
+                "choices": [sep + choices[o] for o in order],
+                "answer": int(np.nonzero(order == 0)[0][0]),
+            }
+        )
+    return items
+
+
+def make_cloze_task(corpus: Path, out: Path, per_domain: int = 100, seed: int = 0) -> dict:
+    """Write OUT.jsonl and OUT.yaml (a task file `slm eval --tasks OUT.yaml` reads); returns items per domain."""
+    if out.suffix not in (".yaml", ".yml"):
+        raise SlmError(f"--out {out} should be the task file to write, ending in .yaml")
+    rng = np.random.default_rng(seed)
+    rows, counts = [], {}
+    for domain in corpus_domains(corpus):
+        items = make_items(held_out_lines(corpus, domain), per_domain, rng)
+        counts[domain] = len(items)
+        rows += [{"domain": domain, **it} for it in items]
+    if not rows:
+        raise SlmError(f"{corpus} has no held-out lines to make items from; re-make the corpus with a val split")
+    data = out.with_suffix(".jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in rows))
+    spec = {
+        "name": out.stem,
+        "type": "multiple_choice",
+        "data": data.name,
+        "prompt": "{context}",
+        "choices": "choices",
+        "choice_prefix": "",
+        "answer": "answer",
+        "source": f"next-line items from the held-out text of {corpus} (slm data cloze, seed {seed})",
+        "license": "that of the corpus's held-out text",
+    }
+    atomic_write_text(out, "".join(f"{k}: {json.dumps(v)}\n" for k, v in spec.items()))
+    return counts
