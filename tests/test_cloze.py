@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,3 +51,20 @@ def test_cloze_task_from_a_corpus_loads_as_a_task(corpus, tmp_path):  # noqa: F8
         assert item.prompt == json.loads(row)["context"] and set(item.choices) <= units
     with pytest.raises(SlmError, match=r"ending in \.yaml"):
         make_cloze_task(corpus, tmp_path / "next.jsonl")
+
+
+def test_word_items_ask_for_the_word_that_follows_the_context():
+    from slm.eval.cloze import make_word_items
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"word{chr(97 + (i * 7 + d) % 26)}x" for i in range(200)) for d in range(3)]
+    texts = [t.replace("0", "") for t in texts]
+    items = make_word_items(texts, 40, rng, context_chars=60)
+    assert len(items) == 40
+    for it in items:
+        assert len(set(it["choices"])) == 4 and all(c.startswith(" ") for c in it["choices"])
+        answer = it["choices"][it["answer"]]
+        assert any(it["context"] + answer in t for t in texts)  # the context, then the answer, as written
+        assert len(it["context"]) <= 60 and not it["context"].startswith(" ")
+    with pytest.raises(SlmError, match="--unit"):
+        make_cloze_task(Path("."), Path("x.yaml"), unit="paragraph")

@@ -112,9 +112,10 @@ def data_cloze(
     out: Path = typer.Option(..., "--out", "-o", help="Task file to write (NAME.yaml; the items go in NAME.jsonl)."),
     per_domain: int = typer.Option(100, min=1, help="Items per domain at most."),
     seed: int = typer.Option(0, help="Seed for the items and their distractors."),
+    unit: str = typer.Option("line", help="line: the next line or sentence; word: the next word (easier)."),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
-    """Make a next-line multiple-choice task from a corpus's held-out text, for models too small for MMLU.
+    """Make a next-line (or next-word) multiple-choice task from a corpus's held-out text, for tiny models.
 
     [bold]Example:[/] slm data cloze corpora/builtin -o tasks/mine/builtin_next_line.yaml && \
     slm eval runs/quickstart --tasks tasks/mine/builtin_next_line.yaml
@@ -123,7 +124,7 @@ def data_cloze(
     from slm.run import refuse_existing
 
     refuse_existing(out, force)
-    counts = make_cloze_task(corpus, out, per_domain, seed)
+    counts = make_cloze_task(corpus, out, per_domain, seed, unit)
     console.print(
         f"{sum(counts.values())} items ({', '.join(f'{d} {n}' for d, n in counts.items())}) → {out}; "
         f"chance is 25%: slm eval MODEL --tasks {out}"
@@ -382,7 +383,7 @@ def mix_cmd(
     for m, v in result["fit"]["correlation"].items():
         table.add_row(m, f"{v['spearman']:.3f}", f"{v['pearson']:.3f}")
     console.print(table)
-    mt = Table(title=f"mixtures (target: {result['target']})")
+    mt = Table(title=f"mixtures (target: {result.get('target_task') or result['target']})")
     for col in ("mixture", *result["domains"], "predicted bpb"):
         mt.add_column(col, justify="left" if col == "mixture" else "right")
     for name in ("natural", "uniform", "chosen"):
@@ -415,7 +416,8 @@ def mix_validate_cmd(
             bar.update(task, completed=i, total=n)
 
         out = validate_sweep(sweep, sets, proxies, jobs, log=lambda m: bar.console.print(m), progress=progress)
-    table = Table(title=f"target metric (bits-per-byte on {out['target']})")
+    what = f"the right answers of {out['target_task']}" if out.get("target_task") else out["target"]
+    table = Table(title=f"target metric (bits-per-byte on {what})")
     for col in ("mixture", "proxy scale", "target scale"):
         table.add_column(col, justify="left" if col == "mixture" else "right")
     for r in out["mixtures"]:

@@ -1,11 +1,14 @@
-"""A multiple-choice task made from a corpus's held-out text: which line comes next?
+"""A multiple-choice task made from a corpus's held-out text: which line (or word) comes next?
 
 Each item is a context (the lines before a point in a held-out document) and four candidate next lines: the
 true one and three lines of similar length from elsewhere in the same domain's held-out text. Lines longer
 than an item allows (paragraphs of prose) are cut into sentences, which then play the part of lines. A model that
 has learnt a domain's structure (verse and speakers, verse numbers, definitions, reST, Python) picks the
 true line more often than the 25% of chance, so the task separates models far too small for MMLU or
-BIG-bench. It is text, not tokens: any model `slm eval` loads can take it, whatever its tokenizer.
+BIG-bench. The word variant is easier still: the next word among three words drawn from the same
+domain's held-out text, so a model that ignores the context scores chance.
+
+Items are text, not tokens: any model `slm eval` loads can take it, whatever its tokenizer.
 """
 
 from __future__ import annotations
@@ -25,17 +28,24 @@ from slm.tokenizer import load_tokenizer
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
 
-def held_out_lines(corpus: Path, domain: str, max_chars: int = 160) -> list[list[tuple[str, str]]]:
-    """The held-out documents of one domain, each as (separator before, text) units: non-blank lines, and
-    the sentences of lines longer than max_chars."""
+def held_out_texts(corpus: Path, domain: str) -> list[str]:
+    """The held-out documents of one domain, as text."""
     tok = load_tokenizer(corpus / "tokenizer.json")
     shards = Shards.open(corpus / domain)
     ids = np.asarray(shards.tokens("val"))
-    eos = shards.manifest["eos_id"]
-    cuts = np.nonzero(ids == eos)[0].tolist()
-    docs, start = [], 0
+    cuts = np.nonzero(ids == shards.manifest["eos_id"])[0].tolist()
+    texts, start = [], 0
     for end in [*cuts, len(ids)]:
-        text = tok.decode(ids[start:end].tolist(), skip_special_tokens=True)
+        texts.append(tok.decode(ids[start:end].tolist(), skip_special_tokens=True))
+        start = end + 1
+    return [t for t in texts if t.strip()]
+
+
+def held_out_lines(corpus: Path, domain: str, max_chars: int = 160) -> list[list[tuple[str, str]]]:
+    """The held-out documents of one domain, each as (separator before, text) units: non-blank lines, and
+    the sentences of lines longer than max_chars."""
+    docs = []
+    for text in held_out_texts(corpus, domain):
         units: list[tuple[str, str]] = []
         for line in (ln.strip() for ln in text.split("\n")):
             if not line:
@@ -44,8 +54,53 @@ def held_out_lines(corpus: Path, domain: str, max_chars: int = 160) -> list[list
             units += [("\n" if i == 0 else " ", part) for i, part in enumerate(parts)]
         if units:
             docs.append(units)
-        start = end + 1
     return docs
+
+
+WORD = re.compile(r"(?<![\w'])[^\W\d_]{3,}(?![\w'])")
+
+
+def make_word_items(
+    texts: list[str], n: int, rng: np.random.Generator, context_chars: int = 400, n_choices: int = 4
+) -> list[dict]:
+    """Up to n items: a context and the word that follows it, among n_choices - 1 other words drawn from the
+    same domain's held-out word occurrences. Answer and distractors come from one distribution, so word
+    frequency alone scores chance; only reading the context beats it."""
+    spots = [(d, m.start(), m.group()) for d, t in enumerate(texts) for m in WORD.finditer(t) if m.start() >= 100]
+    words = [w for _, _, w in spots]
+    items: list[dict] = []
+    for k in rng.permutation(len(spots)):
+        if len(items) == n:
+            break
+        d, at, answer = spots[k]
+        text = texts[d]
+        sep_start = at
+        while sep_start > 0 and text[sep_start - 1] in " \t":
+            sep_start -= 1
+        sep = text[sep_start:at]  # the spaces before the word travel with every choice
+        others: list[str] = []
+        for _ in range(50):
+            w = words[rng.integers(len(words))]
+            if w != answer and w not in others:
+                others.append(w)
+                if len(others) == n_choices - 1:
+                    break
+        if len(others) < n_choices - 1:
+            continue
+        start = max(0, sep_start - context_chars)
+        if start > 0:  # begin at a word, not inside one
+            start = next((i + 1 for i in range(start, sep_start) if text[i].isspace()), start)
+        context = text[start:sep_start]
+        choices = [answer, *others]
+        order = rng.permutation(n_choices)
+        items.append(
+            {
+                "context": context,
+                "choices": [sep + choices[o] for o in order],
+                "answer": int(np.nonzero(order == 0)[0][0]),
+            }
+        )
+    return items
 
 
 def make_items(
@@ -90,18 +145,23 @@ def make_items(
     return items
 
 
-def make_cloze_task(corpus: Path, out: Path, per_domain: int = 100, seed: int = 0) -> dict:
+def make_cloze_task(corpus: Path, out: Path, per_domain: int = 100, seed: int = 0, unit: str = "line") -> dict:
     """Write OUT.jsonl and OUT.yaml (a task file `slm eval --tasks OUT.yaml` reads); returns items per domain."""
     if out.suffix not in (".yaml", ".yml"):
         raise SlmError(f"--out {out} should be the task file to write, ending in .yaml")
+    if unit not in ("line", "word"):
+        raise SlmError(f"--unit {unit} is not known; choose line or word")
     rng = np.random.default_rng(seed)
     rows, counts = [], {}
     for domain in corpus_domains(corpus):
-        items = make_items(held_out_lines(corpus, domain), per_domain, rng)
+        if unit == "line":
+            items = make_items(held_out_lines(corpus, domain), per_domain, rng)
+        else:
+            items = make_word_items(held_out_texts(corpus, domain), per_domain, rng)
         counts[domain] = len(items)
         rows += [{"domain": domain, **it} for it in items]
     if not rows:
-        raise SlmError(f"{corpus} has no held-out lines to make items from; re-make the corpus with a val split")
+        raise SlmError(f"{corpus} has no held-out text to make items from; re-make the corpus with a val split")
     data = out.with_suffix(".jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in rows))
@@ -113,7 +173,7 @@ def make_cloze_task(corpus: Path, out: Path, per_domain: int = 100, seed: int = 
         "choices": "choices",
         "choice_prefix": "",
         "answer": "answer",
-        "source": f"next-line items from the held-out text of {corpus} (slm data cloze, seed {seed})",
+        "source": f"next-{unit} items from the held-out text of {corpus} (slm data cloze, seed {seed})",
         "license": "that of the corpus's held-out text",
     }
     atomic_write_text(out, "".join(f"{k}: {json.dumps(v)}\n" for k, v in spec.items()))
