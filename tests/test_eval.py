@@ -60,7 +60,7 @@ def test_answer_bpb_is_the_right_answers_bits_per_byte(model, tok):
 
 
 def test_batched_single_token_scoring_equals_per_item(model, tok):
-    from slm.eval.harness import _encode_item, single_token_logprobs
+    from slm.eval.harness import _encode_item, common_prefix, single_token_logprobs
 
     words = [w for w in (tok.decode([i]) for i in range(260, 300)) if len(tok.encode(w).ids) == 1][:3]
     assert len(words) == 3
@@ -70,6 +70,15 @@ def test_batched_single_token_scoring_equals_per_item(model, tok):
     batched = single_token_logprobs(model, [(ctx, [c[0] for c in conts]) for ctx, conts in enc])
     for item, got in zip(items, batched, strict=True):
         assert got == pytest.approx(choice_logprobs(model, tok, item, ""), abs=1e-4)
+    # prompts sharing a prefix: it runs once and the rows continue from its cache, with the same scores
+    head = "the cat sat on the mat. the dog ate the bone. "
+    items = [Item(head + p, words, 0) for p in ("the cat sat on", "the dog", "a mat. the dog ate the")]
+    enc = [_encode_item(tok, it, "") for it in items]
+    assert common_prefix([ctx for ctx, _ in enc]) >= 8
+    batched = single_token_logprobs(model, [(ctx, [c[0] for c in conts]) for ctx, conts in enc], min_shared=8)
+    for item, got in zip(items, batched, strict=True):
+        assert got == pytest.approx(choice_logprobs(model, tok, item, ""), abs=1e-4)
+    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 1 and common_prefix([[5, 6], [5, 6]]) == 1
 
 
 def test_sliding_window_bpb_matches_direct_computation(model, tok):

@@ -60,21 +60,43 @@ def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str)
     return scores
 
 
+def common_prefix(rows: list[list[int]]) -> int:
+    """Length of the token prefix every row shares, leaving each row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return max(n, 0)
+
+
 @torch.no_grad()
-def single_token_logprobs(model: Transformer, batch: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+def single_token_logprobs(
+    model: Transformer, batch: list[tuple[list[int], list[int]]], min_shared: int = 8
+) -> list[list[float]]:
     """Items whose choices are one token each: one right-padded forward for the whole batch.
 
     Causal attention keeps padding after a prompt from touching it, so each row's logits at its last
-    real position are exactly those of an unpadded forward.
+    real position are exactly those of an unpadded forward. A prefix every prompt shares (a task's
+    instructions, few-shot examples) runs once, and the rows continue from its KV cache.
     """
     limit = model.cfg.max_seq_len
     ctxs = [c[-limit:] for c, _ in batch]
-    width = max(len(c) for c in ctxs)
     device = next(model.parameters()).device
+    shared = common_prefix(ctxs) if len(ctxs) > 1 else 0
+    cache = None
+    if shared >= min_shared:
+        width = max(len(c) for c in ctxs)
+        cache = KVCache(model.cfg, 1, width, next(model.parameters()).dtype, device)
+        model.hidden(torch.tensor([ctxs[0][:shared]], device=device), cache=cache)
+        cache.k = [k.expand(len(ctxs), -1, -1, -1).contiguous() for k in cache.k]
+        cache.v = [v.expand(len(ctxs), -1, -1, -1).contiguous() for v in cache.v]
+        ctxs = [c[shared:] for c in ctxs]
+    width = max(len(c) for c in ctxs)
     rows = torch.tensor([c + [c[-1]] * (width - len(c)) for c in ctxs], device=device)
     last = torch.tensor([len(c) - 1 for c in ctxs], device=device)
     # Only the last position's logits are needed: the vocabulary projection runs on one row per item.
-    h = model.hidden(rows)[torch.arange(len(ctxs), device=device), last]
+    h = model.hidden(rows, cache=cache)[torch.arange(len(ctxs), device=device), last]
     logp = torch.log_softmax(model.lm_head(h).float(), -1)
     return [[float(logp[i, t]) for t in choices] for i, (_, choices) in enumerate(batch)]
 
