@@ -170,21 +170,30 @@ def test_validate_at_a_larger_scale_reports_decision_accuracy(corpus, tmp_path):
 def crash_or_succeed(cfg_json: str, folder: str, threads: int) -> dict:
     """Stands in for train_proxy in a pool worker: the folder named 'dies' kills its process outright."""
     import os
+    import time
 
     if folder.endswith("dies"):
         os._exit(3)
+    time.sleep(0.5)  # still running when the other worker dies, with proxies left in the queue
     return {"ok": True, "summary": {"folder": folder, "threads": threads}}
 
 
 def test_a_dead_worker_is_recorded_and_the_other_proxies_finish(tmp_path):
+    import threading
+
     from slm.mix.sweep import DIED, _pool_run
 
-    names = ["a", "b", "dies", "c", "d"]
+    # the death comes while proxies still wait in the queue: they must run after the retry, not hang
+    names = ["a", "dies", "b", "c", "d"]
     results: dict[int, dict] = {}
-    _pool_run([("{}", tmp_path / n) for n in names], 2, 1, results.__setitem__, crash_or_succeed)
+    jobs = [("{}", tmp_path / n) for n in names]
+    worker = threading.Thread(target=_pool_run, args=(jobs, 2, 1, results.__setitem__, crash_or_succeed), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the sweep hung after a worker died"
     assert sorted(results) == [0, 1, 2, 3, 4]  # every proxy reported exactly once
-    assert results[2] == {"ok": False, "reason": DIED}
-    assert all(results[i]["ok"] and results[i]["summary"]["folder"].endswith(names[i]) for i in (0, 1, 3, 4))
+    assert results[1] == {"ok": False, "reason": DIED}
+    assert all(results[i]["ok"] and results[i]["summary"]["folder"].endswith(names[i]) for i in (0, 2, 3, 4))
 
 
 def test_a_sweep_on_ray_gives_the_same_proxies_as_local_processes(corpus, tmp_path):

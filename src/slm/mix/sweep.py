@@ -124,7 +124,7 @@ def _pool_run(
         suspects: list[int] = []
         with ProcessPoolExecutor(width, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
             running: dict[Future, int] = {}
-            while queue or running:
+            while running or (queue and not suspects):
                 while queue and len(running) < width and not suspects:
                     i = queue.pop(0)
                     running[pool.submit(fn, jobs_cfg[i][0], str(jobs_cfg[i][1]), threads)] = i
