@@ -51,6 +51,13 @@ def test_cloze_task_from_a_corpus_loads_as_a_task(corpus, tmp_path):  # noqa: F8
         assert item.prompt == json.loads(row)["context"] and set(item.choices) <= units
     with pytest.raises(SlmError, match=r"ending in \.yaml"):
         make_cloze_task(corpus, tmp_path / "next.jsonl")
+    with pytest.raises(SlmError, match=r"next\.yaml exists; pass --force"):
+        make_cloze_task(corpus, tmp_path / "next.yaml")
+    (tmp_path / "other.jsonl").write_text("keep me\n")  # the data file of the task is not overwritten either
+    with pytest.raises(SlmError, match=r"other\.jsonl exists; pass --force"):
+        make_cloze_task(corpus, tmp_path / "other.yaml")
+    assert (tmp_path / "other.jsonl").read_text() == "keep me\n"
+    assert make_cloze_task(corpus, tmp_path / "next.yaml", per_domain=5, seed=1, force=True) == counts
 
 
 def test_word_items_ask_for_the_word_that_follows_the_context():

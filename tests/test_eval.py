@@ -59,6 +59,20 @@ def test_answer_bpb_is_the_right_answers_bits_per_byte(model, tok):
     assert got["answer_bpb"] == pytest.approx(bits / (len(" a dog") + len(" the bone")), rel=1e-5)
 
 
+def test_a_choice_the_context_cannot_hold_names_the_task_and_item(model, tok):
+    from slm.eval.harness import score_multiple_choice
+    from slm.eval.tasks import Task, TaskSpec
+
+    long = " the cat sat on the mat" * 20  # far beyond the fixture model's 48 positions
+    items = [Item("the dog", [" ate", " sat"], 0), Item("the cat", [long, " x"], 1), Item("", [" a b", " c"], 0)]
+    task = Task(TaskSpec(name="t", type="multiple_choice", data="-"), items[:2], Path("t.yaml"))
+    with pytest.raises(SlmError, match=r"task t \(t\.yaml\), item 2: a choice of \d+ tokens leaves no room"):
+        score_multiple_choice(model, tok, task)
+    task = Task(TaskSpec(name="t", type="multiple_choice", data="-"), items[2:], Path("t.yaml"))
+    with pytest.raises(SlmError, match="item 1: the prompt encodes to no tokens"):
+        score_multiple_choice(model, tok, task)
+
+
 def test_batched_single_token_scoring_equals_per_item(model, tok):
     from slm.eval.harness import _encode_item, common_prefix, single_token_logprobs
 

@@ -121,10 +121,8 @@ def data_cloze(
     slm eval runs/quickstart --tasks tasks/mine/builtin_next_line.yaml
     """
     from slm.eval.cloze import make_cloze_task
-    from slm.run import refuse_existing
 
-    refuse_existing(out, force)
-    counts = make_cloze_task(corpus, out, per_domain, seed, unit)
+    counts = make_cloze_task(corpus, out, per_domain, seed, unit, force)
     console.print(
         f"{sum(counts.values())} items ({', '.join(f'{d} {n}' for d, n in counts.items())}) → {out}; "
         f"chance is 25%: slm eval MODEL --tasks {out}"

@@ -55,6 +55,11 @@ def evaluate_tokens(
     if pending:
         flush()
     model.train(was_training)
+    return lm_metrics(nll_sum, n_tok, n_bytes)
+
+
+def lm_metrics(nll_sum: float, n_tok: int, n_bytes: int) -> dict[str, float]:
+    """Loss (nats per token), perplexity and bits-per-byte from summed NLL, predicted tokens and their bytes."""
     loss = nll_sum / max(n_tok, 1)
     return {
         "loss": loss,

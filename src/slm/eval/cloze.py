@@ -22,7 +22,7 @@ import numpy as np
 from slm.data.mixture import corpus_domains
 from slm.data.shards import Shards
 from slm.errors import SlmError
-from slm.run import atomic_write_text
+from slm.run import atomic_write_text, refuse_existing
 from slm.tokenizer import load_tokenizer
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
@@ -55,6 +55,17 @@ def held_out_lines(corpus: Path, domain: str, max_chars: int = 160) -> list[list
         if units:
             docs.append(units)
     return docs
+
+
+def _item(context: str, sep: str, answer: str, others: list[str], rng: np.random.Generator) -> dict:
+    """One task row: the answer shuffled among the distractors, every choice behind the same separator."""
+    choices = [answer, *others]
+    order = rng.permutation(len(choices))
+    return {
+        "context": context,
+        "choices": [sep + choices[o] for o in order],
+        "answer": int(np.nonzero(order == 0)[0][0]),
+    }
 
 
 WORD = re.compile(r"(?<![\w'])[^\W\d_]{3,}(?![\w'])")
@@ -90,16 +101,7 @@ def make_word_items(
         start = max(0, sep_start - context_chars)
         if start > 0:  # begin at a word, not inside one
             start = next((i + 1 for i in range(start, sep_start) if text[i].isspace()), start)
-        context = text[start:sep_start]
-        choices = [answer, *others]
-        order = rng.permutation(n_choices)
-        items.append(
-            {
-                "context": context,
-                "choices": [sep + choices[o] for o in order],
-                "answer": int(np.nonzero(order == 0)[0][0]),
-            }
-        )
+        items.append(_item(text[start:sep_start], sep, answer, others, rng))
     return items
 
 
@@ -133,24 +135,21 @@ def make_items(
             first -= 1
             used += 1 + len(docs[d][first][1])
         context = docs[d][first][1] + "".join(s + t for s, t in docs[d][first + 1 : i])
-        choices = [answer, *rng.choice(others, size=n_choices - 1, replace=False).tolist()]
-        order = rng.permutation(n_choices)
-        items.append(
-            {
-                "context": context,
-                "choices": [sep + choices[o] for o in order],
-                "answer": int(np.nonzero(order == 0)[0][0]),
-            }
-        )
+        items.append(_item(context, sep, answer, rng.choice(others, size=n_choices - 1, replace=False).tolist(), rng))
     return items
 
 
-def make_cloze_task(corpus: Path, out: Path, per_domain: int = 100, seed: int = 0, unit: str = "line") -> dict:
+def make_cloze_task(
+    corpus: Path, out: Path, per_domain: int = 100, seed: int = 0, unit: str = "line", force: bool = False
+) -> dict:
     """Write OUT.jsonl and OUT.yaml (a task file `slm eval --tasks OUT.yaml` reads); returns items per domain."""
     if out.suffix not in (".yaml", ".yml"):
         raise SlmError(f"--out {out} should be the task file to write, ending in .yaml")
     if unit not in ("line", "word"):
         raise SlmError(f"--unit {unit} is not known; choose line or word")
+    data = out.with_suffix(".jsonl")
+    for path in (out, data):
+        refuse_existing(path, force)
     rng = np.random.default_rng(seed)
     rows, counts = [], {}
     for domain in corpus_domains(corpus):
@@ -162,7 +161,6 @@ def make_cloze_task(corpus: Path, out: Path, per_domain: int = 100, seed: int = 
         rows += [{"domain": domain, **it} for it in items]
     if not rows:
         raise SlmError(f"{corpus} has no held-out text to make items from; re-make the corpus with a val split")
-    data = out.with_suffix(".jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in rows))
     spec = {

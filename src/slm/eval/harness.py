@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from slm.errors import SlmError
+from slm.eval.bpb import lm_metrics
 from slm.eval.tasks import Item, Task
 from slm.infer.generate import generate_text
 from slm.model.transformer import KVCache, Transformer
@@ -36,10 +38,10 @@ def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str)
     longest = max(len(c) for c in conts)
     limit = model.cfg.max_seq_len
     if longest >= limit:
-        raise ValueError(f"a choice of {longest} tokens leaves no room for its prompt in the model's {limit}")
+        raise ValueError(f"a choice of {longest} tokens leaves no room for its prompt in {limit} tokens of context")
     ctx = ctx[-(limit - longest) :] if len(ctx) + longest > limit else ctx
     if not ctx:
-        raise ValueError("a choice is longer than the model's context")
+        raise ValueError("the prompt encodes to no tokens; a choice needs a prompt to be scored against")
     device = next(model.parameters()).device
     cache = KVCache(model.cfg, 1, len(ctx) + longest, next(model.parameters()).dtype, device)
     h = model.hidden(torch.tensor([ctx], device=device), cache=cache)
@@ -119,7 +121,10 @@ def score_multiple_choice(
                 on_item()
     for i, item in enumerate(task.items):
         if scores[i] is None:
-            scores[i] = choice_logprobs(model, tok, item, prefix)
+            try:
+                scores[i] = choice_logprobs(model, tok, item, prefix)
+            except ValueError as e:
+                raise SlmError(f"task {task.spec.name} ({task.path}), item {i + 1}: {e}") from None
             if on_item:
                 on_item()
     correct = correct_norm = 0
@@ -199,12 +204,4 @@ def text_bpb(
         scored += new
         prev_end = end
         begin += stride
-    n_bytes = int(lengths[torch.tensor(ids[1:])].sum())
-    loss = nll / max(scored, 1)
-    return {
-        "bpb": nll / math.log(2) / max(n_bytes, 1),
-        "loss": loss,
-        "ppl": math.exp(min(loss, 50.0)),
-        "tokens": scored,
-        "bytes": n_bytes,
-    }
+    return lm_metrics(nll, scored, int(lengths[torch.tensor(ids[1:])].sum()))

@@ -135,9 +135,9 @@ def _pool_run(
                         done(i, fut.result())
                     except BrokenProcessPool:
                         suspects.append(i)
-        if suspects and len(suspects) == 1 and jobs <= 1:
+        if suspects and jobs <= 1:  # a pool of one: the death is this proxy's
             done(suspects[0], {"ok": False, "reason": DIED})
-        elif suspects:
+        else:
             for i in sorted(suspects):
                 _pool_run([jobs_cfg[i]], 1, threads, lambda _, res, i=i: done(i, res), fn)
 

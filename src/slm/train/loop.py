@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from slm.config import Config
 from slm.data.shards import Batcher
 from slm.errors import SlmError
-from slm.eval.bpb import evaluate_tokens
+from slm.eval.bpb import evaluate_tokens, lm_metrics
 from slm.model.transformer import Transformer
 from slm.run import Run
 from slm.tokenizer import token_byte_lengths, tokenizer_hash
@@ -216,16 +216,11 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
             if len(toks := shards.domain_val(dm)) > seq_len:
                 by_domain[dm] = evaluate(None, toks)
         pooled = [by_domain[dm] for dm in shards.val_domains if dm in by_domain]
-        nll = sum(r["loss"] * r["tokens"] for r in pooled)
-        n_tok, n_bytes = sum(r["tokens"] for r in pooled), sum(r["bytes"] for r in pooled)
-        loss = nll / max(n_tok, 1)
-        return {
-            "loss": loss,
-            "ppl": math.exp(min(loss, 50.0)),
-            "bpb": nll / math.log(2) / max(n_bytes, 1),
-            "tokens": n_tok,
-            "bytes": n_bytes,
-        }
+        return lm_metrics(
+            sum(r["loss"] * r["tokens"] for r in pooled),
+            sum(r["tokens"] for r in pooled),
+            sum(r["bytes"] for r in pooled),
+        )
 
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
         meta = {

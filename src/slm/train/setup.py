@@ -12,7 +12,7 @@ from slm.data.mixture import MixtureShards, is_corpus, natural_weights
 from slm.data.shards import Shards, prepare_shards
 from slm.data.text import ReadStats, expand_inputs, read_documents
 from slm.errors import SlmError
-from slm.run import Run
+from slm.run import Run, atomic_write_text
 from slm.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -40,9 +40,7 @@ def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tu
         else:
             log(f"training a byte-level BPE tokenizer (vocab {cfg.tokenizer.vocab_size}) on {cfg.data.inputs}")
             tok = train_tokenizer_from_inputs(cfg)
-        tmp = run.tokenizer_path.with_suffix(".json.tmp")
-        tok.save(str(tmp))
-        tmp.replace(run.tokenizer_path)
+        atomic_write_text(run.tokenizer_path, tok.to_str(pretty=True))
     corpus = bool(cfg.data.shards) and is_corpus(Path(cfg.data.shards))
     if cfg.data.mixture or corpus:
         if not corpus:
