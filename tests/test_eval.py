@@ -73,26 +73,43 @@ def test_a_choice_the_context_cannot_hold_names_the_task_and_item(model, tok):
         score_multiple_choice(model, tok, task)
 
 
-def test_batched_single_token_scoring_equals_per_item(model, tok):
-    from slm.eval.harness import _encode_item, common_prefix, single_token_logprobs
+# min_saved=1 runs every shared prefix; at 12 the one-token "the" every head shares is not worth a
+# forward, and the search goes deeper to find the two heads.
+@pytest.mark.parametrize("min_saved", [1, 12])
+def test_prefix_tree_scoring_equals_plain_forwards_and_computes_less(model, tok, min_saved):
+    from slm.eval.harness import _encode_item, _fit, _Scorer
 
     words = [w for w in (tok.decode([i]) for i in range(260, 300)) if len(tok.encode(w).ids) == 1][:3]
     assert len(words) == 3
-    items = [Item(p, words, 0) for p in ("the cat sat on", "the dog", "a mat. the dog ate the")]
-    enc = [_encode_item(tok, it, "") for it in items]
-    assert all(len(c) == 1 for _, conts in enc for c in conts)
-    batched = single_token_logprobs(model, [(ctx, [c[0] for c in conts]) for ctx, conts in enc])
-    for item, got in zip(items, batched, strict=True):
-        assert got == pytest.approx(choice_logprobs(model, tok, item, ""), abs=1e-4)
-    # prompts sharing a prefix: it runs once and the rows continue from its cache, with the same scores
-    head = "the cat sat on the mat. the dog ate the bone. "
-    items = [Item(head + p, words, 0) for p in ("the cat sat on", "the dog", "a mat. the dog ate the")]
-    enc = [_encode_item(tok, it, "") for it in items]
-    assert common_prefix([ctx for ctx, _ in enc]) >= 8
-    batched = single_token_logprobs(model, [(ctx, [c[0] for c in conts]) for ctx, conts in enc], min_shared=8)
-    for item, got in zip(items, batched, strict=True):
-        assert got == pytest.approx(choice_logprobs(model, tok, item, ""), abs=1e-4)
-    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 1 and common_prefix([[5, 6], [5, 6]]) == 1
+    head_a, head_b = "the cat sat on the mat. the dog ate the bone. ", "the dog sat on the mat. the cat ate "
+    prompts = [head_a + p for p in ("the cat sat on", "the dog", "a mat. the dog ate the", "the cat", "a")]
+    prompts += [head_b + p for p in ("the bone", "the mat. the dog", "a cat")] + ["bone", "mat. the cat sat"]
+    # one-token choices (batched rows) and longer ones (a batch of choices per prompt), under both heads
+    items = [Item(p, words if i % 3 else [" the mat", " a dog that ate", " x"], 0) for i, p in enumerate(prompts)]
+    encoded = [_fit(*_encode_item(tok, it, ""), model.cfg.max_seq_len) for it in items]
+    positions = []
+    hidden = model.hidden
+
+    def counting(idx, cache=None):
+        positions.append(idx.numel())
+        return hidden(idx, cache=cache)
+
+    model.hidden = counting
+    try:
+        done: list[int] = []
+        shared = _Scorer(model, encoded, 2, min_saved, done.append).run()
+        shared_positions, positions[:] = sum(positions), []
+        plain = _Scorer(model, encoded, 2, 10**9, lambda i: None).run()
+        plain_positions = sum(positions)
+    finally:
+        del model.hidden
+    assert sorted(done) == list(range(len(items)))
+    for (ctx, conts), got, unshared in zip(encoded, shared, plain, strict=True):
+        want = [full_logprob(model, ctx + c, len(ctx)) for c in conts]
+        assert got == pytest.approx(want, abs=1e-4) and unshared == pytest.approx(want, abs=1e-4)
+    # the two heads run once each instead of once per prompt
+    head_tokens = len(tok.encode(head_a).ids) + len(tok.encode(head_b).ids)
+    assert plain_positions - shared_positions >= head_tokens
 
 
 def test_sliding_window_bpb_matches_direct_computation(model, tok):
@@ -150,6 +167,7 @@ def test_vendored_tasks_load_with_source_and_licence():
 
     task = load_task("mmlu_subset")
     assert len(task.items) == 570
+    assert len(load_task("mmlu_subset", num_fewshot=5).items) == 570  # five examples for every subject
     assert all(len(i.choices) == 4 and 0 <= i.answer < 4 for i in task.items)
     names = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
     assert len(names) >= 5 and sum(n.startswith("bigbench_") for n in names) >= 4
@@ -157,6 +175,42 @@ def test_vendored_tasks_load_with_source_and_licence():
         t = load_task(name)
         assert t.spec.source and t.spec.license, name
         assert all(0 <= i.answer < len(i.choices) for i in t.items), name
+
+
+def test_mmlu_few_shot_prompts_follow_the_5_shot_protocol():
+    rows = [json.loads(line) for line in (Path("tasks/data/mmlu_subset.jsonl")).read_text().splitlines()]
+    dev = [json.loads(line) for line in (Path("tasks/data/mmlu_subset_dev.jsonl")).read_text().splitlines()]
+    zero = load_task("mmlu_subset", limit=12)
+    head = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+    body = "{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:"
+    assert [i.prompt for i in zero.items] == [(head + body).format(**r) for r in rows[:12]]
+    five = load_task("mmlu_subset", limit=12, num_fewshot=5)
+    assert five.spec.num_fewshot == 5 and len(five.items) == 12
+    item, row = five.items[11], rows[11]  # the second subject's second question
+    shots = [d for d in dev if d["subject"] == row["subject"]][:5]
+    assert len(shots) == 5 and not any(d["question"] == r["question"] for d in dev for r in rows)
+    want = head.format(**row) + "".join(body.format(**d) + " " + "ABCD"[d["answer"]] + "\n\n" for d in shots)
+    assert item.prompt == want + body.format(**row)
+    assert item.choices == zero.items[11].choices and item.answer == zero.items[11].answer
+
+
+def test_few_shot_from_the_task_data_never_shows_the_item(tmp_path: Path):
+    rows = [json.dumps({"q": f"q{i}", "g": i % 2, "choices": ["x", "y"], "answer": i % 2}) for i in range(5)]
+    p = write_task(tmp_path, rows, description="D\n", num_fewshot=2, fewshot_delimiter="|")
+    task = load_task(str(p))
+    assert task.items[0].prompt == "D\nQ: q1\nA: y|Q: q2\nA: x|Q: q0\nA:"
+    assert task.items[3].prompt == "D\nQ: q0\nA: x|Q: q1\nA: y|Q: q3\nA:"
+    assert load_task(str(p), limit=1, num_fewshot=0).items[0].prompt == "D\nQ: q0\nA:"
+    grouped = write_task(tmp_path, rows, num_fewshot=2, fewshot_group="g")
+    assert load_task(str(grouped), limit=1).items[0].prompt == "Q: q2\nA: x\n\nQ: q4\nA: x\n\nQ: q0\nA:"
+    with pytest.raises(SlmError, match=r"d\.jsonl:2: 2 few-shot examples asked for, but only 1 exist with g = 1"):
+        load_task(str(grouped))
+    with pytest.raises(SlmError, match="fewshot_group field 'h' is missing"):
+        load_task(str(write_task(tmp_path, rows, num_fewshot=1, fewshot_group="h")))
+    with pytest.raises(SlmError, match="fewshot_data file .*nope.jsonl not found"):
+        load_task(str(write_task(tmp_path, rows, num_fewshot=1, fewshot_data="nope.jsonl")))
+    with pytest.raises(SlmError, match="--num-fewshot -1"):
+        load_task(str(p), num_fewshot=-1)
 
 
 def test_evaluate_run_end_to_end(tiny_cfg, tmp_path: Path):
@@ -175,7 +229,9 @@ def test_evaluate_run_end_to_end(tiny_cfg, tmp_path: Path):
     gen.write_text("name: g\ntype: generate\ndata: g.jsonl\nanswer_regex: '(\\d+)'\nmax_new_tokens: 4\n")
     heldout = tmp_path / "corpus" / "hamlet.txt"
     r = evaluate(tmp_path / "run", [str(task), str(gen)], [str(heldout)], console=QUIET)
-    assert r["tasks"]["t"]["n"] == 4 and 0 <= r["tasks"]["t"]["acc"] <= 1
+    assert r["tasks"]["t"]["n"] == 4 and 0 <= r["tasks"]["t"]["acc"] <= 1 and r["tasks"]["t"]["num_fewshot"] == 0
+    shots = evaluate(tmp_path / "run", [str(task)], [], out=tmp_path / "s.json", console=QUIET, num_fewshot=2)
+    assert shots["tasks"]["t"]["num_fewshot"] == 2 and shots["tasks"]["t"]["n"] == 4
     assert r["tasks"]["g"]["n"] == 1
     assert 0 < r["texts"][str(heldout)]["bpb"] < 20
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())

@@ -528,18 +528,22 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Results JSON (default: RUN/eval.json for runs)."),
     window: int | None = typer.Option(None, help="Sliding window for --text, in tokens (default 1024 or less)."),
     dtype: str = typer.Option("float32", help="float32 (exact) or bfloat16 (bf16 weights; faster on bf16 CPUs)."),
+    num_fewshot: int | None = typer.Option(
+        None, "--num-fewshot", help="Solved examples before each question (default: each task file's num_fewshot)."
+    ),
 ) -> None:
     """Evaluate a model: multiple-choice and generative tasks, bits-per-byte on text.
 
     [bold]Examples:[/]
       slm eval runs/quickstart --text data/shakespeare/macbeth.txt
       slm eval runs/smollm2 --tasks mmlu_subset --limit 100
+      slm eval runs/smollm2 --tasks mmlu_subset --num-fewshot 5
       slm eval path/to/model.gguf --tasks my_task.yaml --out results.json
     """
     from slm.eval.evaluate import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    evaluate(model, names, [str(t) for t in text], limit, out, console, window, dtype)
+    evaluate(model, names, [str(t) for t in text], limit, out, console, window, dtype, num_fewshot)
 
 
 @app.command("export")

@@ -48,11 +48,12 @@ def evaluate(
     console: Console | None = None,
     window: int | None = None,
     dtype: str = "float32",
+    num_fewshot: int | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     if not tasks and not texts:
         raise SlmError("nothing to evaluate: pass --tasks NAME[,NAME] and/or --text FILE")
-    loaded = [load_task(t, limit) for t in tasks]  # parse every task file before the model loads
+    loaded = [load_task(t, limit, num_fewshot) for t in tasks]  # parse every task file before the model loads
     for t in texts:
         if not Path(t).is_file():
             raise SlmError(f"text file {t} not found")
@@ -94,6 +95,7 @@ def evaluate(
                     r = score_multiple_choice(model, tok, task, tick)
                 else:
                     r = score_generate(model, tok, task, eos, tick)
+                r["num_fewshot"] = task.spec.num_fewshot
                 r["items_per_sec"] = len(task.items) / (time.perf_counter() - t0)
                 results["tasks"][task.spec.name] = r
             # The document separator is the natural start token; chat models' eos (<|im_end|>) is not.

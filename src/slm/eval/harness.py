@@ -1,7 +1,8 @@
 """Scoring: multiple choice by log-likelihood, generation by exact match, text by bits-per-byte.
 
-Multiple choice runs the shared prompt once, keeps its KV cache, and scores every choice against that
-cache in one batched forward: the prompt is never recomputed per choice.
+Multiple choice runs each prompt once, keeps its KV cache, and scores every choice against that cache:
+the prompt is never recomputed per choice, and a prefix many prompts share (instructions, few-shot
+examples) runs once for all of them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -30,107 +32,171 @@ def _encode_item(tok: Tokenizer, item: Item, prefix: str) -> tuple[list[int], li
     )
 
 
-@torch.no_grad()
 def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str) -> list[float]:
-    """Sum of log-probabilities of each choice's tokens given the prompt."""
-    ctx, conts = _encode_item(tok, item, prefix)
+    """Sum of log-probabilities of each choice's tokens given the prompt, for one item on its own."""
+    ctx, conts = _fit(*_encode_item(tok, item, prefix), model.cfg.max_seq_len)
+    return _Scorer(model, [(ctx, conts)], 1, MIN_SAVED, lambda i: None).run()[0]
+
+
+MIN_SAVED = 256  # token positions a shared prefix must save before it earns a forward pass of its own
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _fork(model: Transformer, cache: KVCache | None, depth: int, batch: int, length: int) -> KVCache:
+    """A cache of `batch` rows and `length` positions whose first `depth` positions copy `cache`'s."""
+    p = next(model.parameters())
+    out = KVCache(model.cfg, batch, length, p.dtype, p.device)
+    if cache is not None and depth:
+        for dst, src in ((out.k, cache.k), (out.v, cache.v)):
+            for layer in range(len(dst)):
+                dst[layer][:, :, :depth] = src[layer][:, :, :depth]
+    out.pos = depth
+    return out
+
+
+class _Scorer:
+    """Scores multiple-choice items, running every prompt prefix that items share once.
+
+    Prompts sorted by their tokens form a prefix tree (a task's instructions, a subject's header, its
+    few-shot examples). A shared prefix that saves at least `min_saved` token positions runs once into
+    a KV cache, and the items below it continue from that cache: a 5-shot prompt's examples cost one
+    forward per subject instead of one per question. Items with one-token choices are then batched,
+    right-padded, and read at their last real position; causal attention keeps the padding from
+    touching any score. Longer choices run as a batch against their own prompt's cache.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        encoded: list[tuple[list[int], list[list[int]]]],
+        batch_size: int,
+        min_saved: int,
+        on_item: Callable[[int], None],
+    ):
+        self.model, self.batch_size, self.min_saved, self.on_item = model, batch_size, min_saved, on_item
+        self.device = next(model.parameters()).device
+        self.ctxs = [c for c, _ in encoded]
+        self.conts = [c for _, c in encoded]
+        self.scores: list[list[float]] = [[] for _ in encoded]
+
+    def room(self, idx: list[int]) -> int:
+        return max(len(self.ctxs[i]) + max(len(c) for c in self.conts[i]) for i in idx)
+
+    def run(self) -> list[list[float]]:
+        order = sorted(range(len(self.ctxs)), key=lambda i: self.ctxs[i])
+        self.group(order, 0, None)
+        return self.scores
+
+    def group(self, idx: list[int], depth: int, cache: KVCache | None) -> None:
+        """Score items whose first `depth` tokens are in `cache`."""
+        leaves: list[int] = []
+        self.split(idx, depth, depth, cache, leaves)
+        single = sorted((i for i in leaves if all(len(c) == 1 for c in self.conts[i])), key=lambda i: len(self.ctxs[i]))
+        for b in range(0, len(single), self.batch_size):
+            self.single_tokens(single[b : b + self.batch_size], depth, cache)
+        for i in leaves:
+            if not self.scores[i]:
+                self.choices(i, depth, cache)
+
+    def split(self, idx: list[int], level: int, depth: int, cache: KVCache | None, leaves: list[int]) -> None:
+        """Runs of items sharing more than `level` tokens get a cache of their own when it saves enough.
+
+        A run not worth one (a header few items share) is searched deeper: its items may still share a
+        longer prefix in smaller runs (each subject's few-shot examples under a common header).
+        """
+        # In a sorted list, the prefix a run of items shares is the least of its neighbours' prefixes.
+        adj = [_lcp(self.ctxs[a], self.ctxs[b]) for a, b in pairwise(idx)]
+        start = 0
+        for end in range(len(idx)):
+            if end < len(adj) and adj[end] > level:
+                continue
+            run = idx[start : end + 1]
+            shared = min([*adj[start:end], min(len(self.ctxs[i]) for i in run) - 1])
+            if len(run) > 1 and (len(run) - 1) * (shared - depth) >= self.min_saved:
+                child = _fork(self.model, cache, depth, 1, self.room(run))
+                self.model.hidden(torch.tensor([self.ctxs[run[0]][depth:shared]], device=self.device), cache=child)
+                self.group(run, shared, child)
+            elif len(run) > 1 and shared > level:
+                self.split(run, shared, depth, cache, leaves)
+            else:
+                leaves += run
+            start = end + 1
+
+    @torch.no_grad()
+    def single_tokens(self, idx: list[int], depth: int, cache: KVCache | None) -> None:
+        rows = [self.ctxs[i][depth:] for i in idx]
+        width = max(len(r) for r in rows)
+        batch_cache = _fork(self.model, cache, depth, len(idx), depth + width) if depth else None
+        x = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rows], device=self.device)
+        last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+        # Only the last position's logits are needed: the vocabulary projection runs on one row per item.
+        h = self.model.hidden(x, cache=batch_cache)[torch.arange(len(idx), device=self.device), last]
+        logp = torch.log_softmax(self.model.lm_head(h).float(), -1)
+        for row, i in enumerate(idx):
+            self.scores[i] = [float(logp[row, c[0]]) for c in self.conts[i]]
+            self.on_item(i)
+
+    @torch.no_grad()
+    def choices(self, i: int, depth: int, cache: KVCache | None) -> None:
+        ctx, conts = self.ctxs[i], self.conts[i]
+        longest = max(len(c) for c in conts)
+        own = _fork(self.model, cache, depth, 1, len(ctx) + longest)
+        h = self.model.hidden(torch.tensor([ctx[depth:]], device=self.device), cache=own)
+        first = torch.log_softmax(self.model.lm_head(h[0, -1]).float(), -1)
+        scores = [float(first[c[0]]) for c in conts]
+        if longest > 1:
+            n = len(conts)
+            own.k = [k.expand(n, -1, -1, -1).contiguous() for k in own.k]
+            own.v = [v.expand(n, -1, -1, -1).contiguous() for v in own.v]
+            # Each choice's tokens after the first, right-padded after the real tokens.
+            rows = torch.tensor([c[:-1] + [c[-1]] * (longest - len(c)) for c in conts], device=self.device)
+            logits, _ = self.model(rows[:, : longest - 1], cache=own)
+            logp = torch.log_softmax(logits.float(), -1)
+            for r, c in enumerate(conts):
+                scores[r] += sum(float(logp[r, j - 1, c[j]]) for j in range(1, len(c)))
+        self.scores[i] = scores
+        self.on_item(i)
+
+
+def _fit(ctx: list[int], conts: list[list[int]], limit: int) -> tuple[list[int], list[list[int]]]:
+    """The prompt cut from the left so it and its longest choice fit the context; empty choices score token 0."""
     conts = [c or [0] for c in conts]
     longest = max(len(c) for c in conts)
-    limit = model.cfg.max_seq_len
     if longest >= limit:
         raise ValueError(f"a choice of {longest} tokens leaves no room for its prompt in {limit} tokens of context")
     ctx = ctx[-(limit - longest) :] if len(ctx) + longest > limit else ctx
     if not ctx:
         raise ValueError("the prompt encodes to no tokens; a choice needs a prompt to be scored against")
-    device = next(model.parameters()).device
-    cache = KVCache(model.cfg, 1, len(ctx) + longest, next(model.parameters()).dtype, device)
-    h = model.hidden(torch.tensor([ctx], device=device), cache=cache)
-    first = torch.log_softmax(model.lm_head(h[0, -1]).float(), -1)
-    n = len(conts)
-    cache.k = [k.expand(n, -1, -1, -1).contiguous() for k in cache.k]
-    cache.v = [v.expand(n, -1, -1, -1).contiguous() for v in cache.v]
-    scores = [float(first[c[0]]) for c in conts]
-    if longest > 1:
-        # Each choice's tokens after the first, right-padded; padding sits after the real tokens, so
-        # causal attention keeps it from touching any score we read.
-        rows = torch.tensor([c[:-1] + [c[-1]] * (longest - len(c)) for c in conts], device=device)
-        logits, _ = model(rows[:, : longest - 1], cache=cache)
-        logp = torch.log_softmax(logits.float(), -1)
-        for i, c in enumerate(conts):
-            for j in range(1, len(c)):
-                scores[i] += float(logp[i, j - 1, c[j]])
-    return scores
-
-
-def common_prefix(rows: list[list[int]]) -> int:
-    """Length of the token prefix every row shares, leaving each row at least one token of its own."""
-    n = min(len(r) for r in rows) - 1
-    first = rows[0]
-    for i in range(max(n, 0)):
-        if any(r[i] != first[i] for r in rows[1:]):
-            return i
-    return max(n, 0)
-
-
-@torch.no_grad()
-def single_token_logprobs(
-    model: Transformer, batch: list[tuple[list[int], list[int]]], min_shared: int = 8
-) -> list[list[float]]:
-    """Items whose choices are one token each: one right-padded forward for the whole batch.
-
-    Causal attention keeps padding after a prompt from touching it, so each row's logits at its last
-    real position are exactly those of an unpadded forward. A prefix every prompt shares (a task's
-    instructions, few-shot examples) runs once, and the rows continue from its KV cache.
-    """
-    limit = model.cfg.max_seq_len
-    ctxs = [c[-limit:] for c, _ in batch]
-    device = next(model.parameters()).device
-    shared = common_prefix(ctxs) if len(ctxs) > 1 else 0
-    cache = None
-    if shared >= min_shared:
-        width = max(len(c) for c in ctxs)
-        cache = KVCache(model.cfg, 1, width, next(model.parameters()).dtype, device)
-        model.hidden(torch.tensor([ctxs[0][:shared]], device=device), cache=cache)
-        cache.k = [k.expand(len(ctxs), -1, -1, -1).contiguous() for k in cache.k]
-        cache.v = [v.expand(len(ctxs), -1, -1, -1).contiguous() for v in cache.v]
-        ctxs = [c[shared:] for c in ctxs]
-    width = max(len(c) for c in ctxs)
-    rows = torch.tensor([c + [c[-1]] * (width - len(c)) for c in ctxs], device=device)
-    last = torch.tensor([len(c) - 1 for c in ctxs], device=device)
-    # Only the last position's logits are needed: the vocabulary projection runs on one row per item.
-    h = model.hidden(rows, cache=cache)[torch.arange(len(ctxs), device=device), last]
-    logp = torch.log_softmax(model.lm_head(h).float(), -1)
-    return [[float(logp[i, t]) for t in choices] for i, (_, choices) in enumerate(batch)]
+    return ctx, conts
 
 
 def score_multiple_choice(
-    model: Transformer, tok: Tokenizer, task: Task, on_item: Callable[[], None] | None = None, batch_size: int = 8
+    model: Transformer,
+    tok: Tokenizer,
+    task: Task,
+    on_item: Callable[[], None] | None = None,
+    batch_size: int = 8,
+    min_saved: int = MIN_SAVED,
 ) -> dict[str, float]:
     prefix = task.spec.choice_prefix
-    encoded = [_encode_item(tok, item, prefix) for item in task.items]
-    scores: list[list[float] | None] = [None] * len(task.items)
-    single = [i for i, (ctx, conts) in enumerate(encoded) if ctx and all(len(c) == 1 for c in conts)]
-    # Similar lengths together keep padding small; results go back to their items, so order is unchanged.
-    single.sort(key=lambda i: len(encoded[i][0]))
-    for start in range(0, len(single), batch_size):
-        idx = single[start : start + batch_size]
-        batch = [(encoded[i][0], [c[0] for c in encoded[i][1]]) for i in idx]
-        for i, lp in zip(idx, single_token_logprobs(model, batch), strict=True):
-            scores[i] = lp
-            if on_item:
-                on_item()
+    encoded = []
     for i, item in enumerate(task.items):
-        if scores[i] is None:
-            try:
-                scores[i] = choice_logprobs(model, tok, item, prefix)
-            except ValueError as e:
-                raise SlmError(f"task {task.spec.name} ({task.path}), item {i + 1}: {e}") from None
-            if on_item:
-                on_item()
+        try:
+            encoded.append(_fit(*_encode_item(tok, item, prefix), model.cfg.max_seq_len))
+        except ValueError as e:
+            raise SlmError(f"task {task.spec.name} ({task.path}), item {i + 1}: {e}") from None
+    scores = _Scorer(model, encoded, batch_size, min_saved, lambda i: on_item() if on_item else None).run()
     correct = correct_norm = 0
     answer_bits = answer_bytes = 0.0
     for item, lp in zip(task.items, scores, strict=True):
-        assert lp is not None and isinstance(item.answer, int)
+        assert isinstance(item.answer, int)
         lengths = [len((prefix + c).encode("utf-8")) for c in item.choices]
         correct += int(np.argmax(lp)) == item.answer
         # lm-evaluation-harness's acc_norm: log-likelihood per byte of the choice.

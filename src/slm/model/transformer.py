@@ -44,12 +44,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys and values for every layer; `pos` is how many positions are filled."""
+    """Preallocated keys and values for every layer; `pos` is how many positions are filled.
+
+    Left uninitialised: attention reads positions below `pos` only, all written before they are read.
+    """
 
     def __init__(self, cfg: ModelConfig, batch: int, length: int, dtype: torch.dtype, device: torch.device):
         shape = (batch, cfg.kv_heads, length, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.length = length
         self.pos = 0
 
