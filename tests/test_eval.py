@@ -112,6 +112,29 @@ def test_prefix_tree_scoring_equals_plain_forwards_and_computes_less(model, tok,
     assert plain_positions - shared_positions >= head_tokens
 
 
+def test_a_long_prompt_does_not_pad_a_batch_of_short_ones(model, tok, monkeypatch):
+    import slm.eval.harness as harness
+
+    words = [w for w in (tok.decode([i]) for i in range(260, 300)) if len(tok.encode(w).ids) == 1][:2]
+    prompts = ["the cat", "a dog", "the mat", "the bone", "a cat sat", "the dog ate", "mat", "the cat sat on the " * 8]
+    encoded = [harness._fit(*harness._encode_item(tok, Item(p, words, 0), ""), 48) for p in prompts]
+    monkeypatch.setattr(harness, "ROW_TOKENS", 8)  # a budget of 64 positions for 8 rows
+    positions = []
+    hidden = model.hidden
+
+    def counting(idx, cache=None):
+        positions.append(idx.numel())
+        return hidden(idx, cache=cache)
+
+    monkeypatch.setattr(model, "hidden", counting)
+    scores = harness._Scorer(model, encoded, 8, 10**9, lambda i: None).run()
+    short, long = [len(c) for c, _ in encoded[:7]], len(encoded[7][0])
+    assert long > 4 * max(short)
+    assert positions == [7 * max(short), long]  # the short ones pad to their own longest, not to the long one
+    for (ctx, conts), got in zip(encoded, scores, strict=True):
+        assert got == pytest.approx([full_logprob(model, ctx + c, len(ctx)) for c in conts], abs=1e-4)
+
+
 def test_sliding_window_bpb_matches_direct_computation(model, tok):
     text = "the dog sat on the mat. " * 3
     ids = tok.encode(text).ids

@@ -39,6 +39,7 @@ def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str)
 
 
 MIN_SAVED = 256  # token positions a shared prefix must save before it earns a forward pass of its own
+ROW_TOKENS = 128  # a batch of single-token items holds at most batch_size * ROW_TOKENS positions, padding included
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -81,6 +82,7 @@ class _Scorer:
         on_item: Callable[[int], None],
     ):
         self.model, self.batch_size, self.min_saved, self.on_item = model, batch_size, min_saved, on_item
+        self.budget = batch_size * ROW_TOKENS
         self.device = next(model.parameters()).device
         self.ctxs = [c for c, _ in encoded]
         self.conts = [c for _, c in encoded]
@@ -99,8 +101,18 @@ class _Scorer:
         leaves: list[int] = []
         self.split(idx, depth, depth, cache, leaves)
         single = sorted((i for i in leaves if all(len(c) == 1 for c in self.conts[i])), key=lambda i: len(self.ctxs[i]))
-        for b in range(0, len(single), self.batch_size):
-            self.single_tokens(single[b : b + self.batch_size], depth, cache)
+        # Shortest first, a batch closes at batch_size items or at its position budget, so one long
+        # prompt does not pad a whole batch of short ones to its length.
+        batch: list[int] = []
+        for i in single:
+            if batch and (
+                len(batch) == self.batch_size or (len(batch) + 1) * (len(self.ctxs[i]) - depth) > self.budget
+            ):
+                self.single_tokens(batch, depth, cache)
+                batch = []
+            batch.append(i)
+        if batch:
+            self.single_tokens(batch, depth, cache)
         for i in leaves:
             if not self.scores[i]:
                 self.choices(i, depth, cache)
