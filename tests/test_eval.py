@@ -230,7 +230,7 @@ def test_few_shot_from_the_task_data_never_shows_the_item(tmp_path: Path):
         load_task(str(grouped))
     with pytest.raises(SlmError, match="fewshot_group field 'h' is missing"):
         load_task(str(write_task(tmp_path, rows, num_fewshot=1, fewshot_group="h")))
-    with pytest.raises(SlmError, match="fewshot_data file .*nope.jsonl not found"):
+    with pytest.raises(SlmError, match=r"fewshot_data file .*nope\.jsonl not found"):
         load_task(str(write_task(tmp_path, rows, num_fewshot=1, fewshot_data="nope.jsonl")))
     with pytest.raises(SlmError, match="--num-fewshot -1"):
         load_task(str(p), num_fewshot=-1)
