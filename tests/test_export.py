@@ -126,3 +126,20 @@ def test_gguf_qwen3_export_tensors_and_metadata(tiny_cfg, tmp_path: Path):
     for name, w in expect.items():
         got = torch.from_numpy(tensors[name].data.copy()).reshape(w.shape)
         assert torch.equal(got, w.detach()), name
+
+
+def test_gguf_with_an_unsupported_quantisation_type_fails_clearly(tiny_cfg, tmp_path: Path):
+    import gguf
+
+    from slm.export.gguf import export_gguf
+
+    run = trained(tiny_cfg, tmp_path / "run", qk_norm=False)
+    path = export_gguf(run, tmp_path / "m.gguf", "q8_0")
+    # Relabel the first Q8_0 tensor as Q8_1, a type with no dequantiser; its data stays where it was.
+    reader = gguf.GGUFReader(path, "r+")
+    t = next(t for t in reader.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q8_0)
+    t.field.parts[t.field.data[-2]][0] = gguf.GGMLQuantizationType.Q8_1
+    del reader
+    with pytest.raises(SlmError, match=r"m\.gguf: cannot load this GGUF \(.*Q8_1.*llama-quantize"):
+        import_model(path, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()

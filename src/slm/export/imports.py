@@ -75,7 +75,8 @@ def _read_gguf(src: Path) -> tuple[dict, dict[str, torch.Tensor], Tokenizer, str
         hf_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     except (ValueError, KeyError, NotImplementedError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SlmError(f"{src}: cannot load this GGUF ({first})") from None
+        hint = "; re-quantise it with llama.cpp's llama-quantize to F16, Q8_0 or Q4_K" if "quantiz" in first else ""
+        raise SlmError(f"{src}: cannot load this GGUF ({first}){hint}") from None
     hf = model.config.to_dict()
     hf["architectures"] = [type(model).__name__]  # GGUF-derived configs leave this empty
     return hf, model.state_dict(), hf_tokenizer_json(hf_tok), hf_tok.eos_token or "<|endoftext|>"
