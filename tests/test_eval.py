@@ -255,6 +255,11 @@ def test_evaluate_run_end_to_end(tiny_cfg, tmp_path: Path):
     assert r["tasks"]["t"]["n"] == 4 and 0 <= r["tasks"]["t"]["acc"] <= 1 and r["tasks"]["t"]["num_fewshot"] == 0
     shots = evaluate(tmp_path / "run", [str(task)], [], out=tmp_path / "s.json", console=QUIET, num_fewshot=2)
     assert shots["tasks"]["t"]["num_fewshot"] == 2 and shots["tasks"]["t"]["n"] == 4
+    from slm.eval.evaluate import results_table
+
+    shown = Console(record=True, width=120)
+    shown.print(results_table(shots))
+    assert "t (2-shot)" in shown.export_text()
     assert r["tasks"]["g"]["n"] == 1
     assert 0 < r["texts"][str(heldout)]["bpb"] < 20
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())

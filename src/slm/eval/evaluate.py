@@ -117,9 +117,10 @@ def results_table(results: dict[str, Any]) -> Table:
     for col in ("task / text", "metric", "value", "n"):
         table.add_column(col, justify="right" if col in ("value", "n") else "left")
     for name, r in results["tasks"].items():
+        label = f"{name} ({r['num_fewshot']}-shot)" if r.get("num_fewshot") else name
         for metric in ("acc", "acc_norm", "exact_match"):
             if metric in r:
-                table.add_row(name, metric, f"{r[metric]:.4f}", str(r["n"]))
+                table.add_row(label, metric, f"{r[metric]:.4f}", str(r["n"]))
     for name, r in results["texts"].items():
         table.add_row(Path(name).name, "bits-per-byte", f"{r['bpb']:.4f}", f"{r['bytes']:,} B")
     return table
