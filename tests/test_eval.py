@@ -91,6 +91,7 @@ def test_prefix_tree_scoring_equals_plain_forwards_and_computes_less(model, tok,
     hidden = model.hidden
 
     def counting(idx, cache=None):
+        assert not torch.is_grad_enabled()  # prefix forwards included: no autograd graph in scoring
         positions.append(idx.numel())
         return hidden(idx, cache=cache)
 

@@ -91,6 +91,7 @@ class _Scorer:
     def room(self, idx: list[int]) -> int:
         return max(len(self.ctxs[i]) + max(len(c) for c in self.conts[i]) for i in idx)
 
+    @torch.no_grad()
     def run(self) -> list[list[float]]:
         order = sorted(range(len(self.ctxs)), key=lambda i: self.ctxs[i])
         self.group(order, 0, None)
@@ -141,7 +142,6 @@ class _Scorer:
                 leaves += run
             start = end + 1
 
-    @torch.no_grad()
     def single_tokens(self, idx: list[int], depth: int, cache: KVCache | None) -> None:
         rows = [self.ctxs[i][depth:] for i in idx]
         width = max(len(r) for r in rows)
@@ -155,7 +155,6 @@ class _Scorer:
             self.scores[i] = [float(logp[row, c[0]]) for c in self.conts[i]]
             self.on_item(i)
 
-    @torch.no_grad()
     def choices(self, i: int, depth: int, cache: KVCache | None) -> None:
         ctx, conts = self.ctxs[i], self.conts[i]
         longest = max(len(c) for c in conts)
