@@ -24,6 +24,9 @@ from slm.infer.generate import generate_text
 from slm.model.transformer import KVCache, Transformer
 from slm.tokenizer import token_byte_lengths
 
+MIN_SAVED = 256  # token positions a shared prefix must save before it earns a forward pass of its own
+ROW_TOKENS = 128  # a batch of single-token items holds at most batch_size * ROW_TOKENS positions, padding included
+
 
 def _encode_item(tok: Tokenizer, item: Item, prefix: str) -> tuple[list[int], list[list[int]]]:
     return (
@@ -32,14 +35,22 @@ def _encode_item(tok: Tokenizer, item: Item, prefix: str) -> tuple[list[int], li
     )
 
 
+def _fit(ctx: list[int], conts: list[list[int]], limit: int) -> tuple[list[int], list[list[int]]]:
+    """The prompt cut from the left so it and its longest choice fit the context; empty choices score token 0."""
+    conts = [c or [0] for c in conts]
+    longest = max(len(c) for c in conts)
+    if longest >= limit:
+        raise ValueError(f"a choice of {longest} tokens leaves no room for its prompt in {limit} tokens of context")
+    ctx = ctx[-(limit - longest) :] if len(ctx) + longest > limit else ctx
+    if not ctx:
+        raise ValueError("the prompt encodes to no tokens; a choice needs a prompt to be scored against")
+    return ctx, conts
+
+
 def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str) -> list[float]:
     """Sum of log-probabilities of each choice's tokens given the prompt, for one item on its own."""
     ctx, conts = _fit(*_encode_item(tok, item, prefix), model.cfg.max_seq_len)
     return _Scorer(model, [(ctx, conts)], 1, MIN_SAVED, lambda i: None).run()[0]
-
-
-MIN_SAVED = 256  # token positions a shared prefix must save before it earns a forward pass of its own
-ROW_TOKENS = 128  # a batch of single-token items holds at most batch_size * ROW_TOKENS positions, padding included
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -88,9 +99,6 @@ class _Scorer:
         self.conts = [c for _, c in encoded]
         self.scores: list[list[float]] = [[] for _ in encoded]
 
-    def room(self, idx: list[int]) -> int:
-        return max(len(self.ctxs[i]) + max(len(c) for c in self.conts[i]) for i in idx)
-
     @torch.no_grad()
     def run(self) -> list[list[float]]:
         order = sorted(range(len(self.ctxs)), key=lambda i: self.ctxs[i])
@@ -133,7 +141,8 @@ class _Scorer:
             run = idx[start : end + 1]
             shared = min([*adj[start:end], min(len(self.ctxs[i]) for i in run) - 1])
             if len(run) > 1 and (len(run) - 1) * (shared - depth) >= self.min_saved:
-                child = _fork(self.model, cache, depth, 1, self.room(run))
+                # Holds the prefix only: the items below fork their own caches from it.
+                child = _fork(self.model, cache, depth, 1, shared)
                 self.model.hidden(torch.tensor([self.ctxs[run[0]][depth:shared]], device=self.device), cache=child)
                 self.group(run, shared, child)
             elif len(run) > 1 and shared > level:
@@ -174,18 +183,6 @@ class _Scorer:
                 scores[r] += sum(float(logp[r, j - 1, c[j]]) for j in range(1, len(c)))
         self.scores[i] = scores
         self.on_item(i)
-
-
-def _fit(ctx: list[int], conts: list[list[int]], limit: int) -> tuple[list[int], list[list[int]]]:
-    """The prompt cut from the left so it and its longest choice fit the context; empty choices score token 0."""
-    conts = [c or [0] for c in conts]
-    longest = max(len(c) for c in conts)
-    if longest >= limit:
-        raise ValueError(f"a choice of {longest} tokens leaves no room for its prompt in {limit} tokens of context")
-    ctx = ctx[-(limit - longest) :] if len(ctx) + longest > limit else ctx
-    if not ctx:
-        raise ValueError("the prompt encodes to no tokens; a choice needs a prompt to be scored against")
-    return ctx, conts
 
 
 def score_multiple_choice(
