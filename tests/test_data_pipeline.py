@@ -66,7 +66,7 @@ split = "paragraph"
 license = "public domain"
 [filters]
 min_words = 20
-[output]
+[tokenizer]
 vocab_size = 300
 """
     )

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from slm.config import config_to_toml, load_config
-from slm.model.io import load_model
+from slm.model.load import load_model
 from slm.run import Run
 from slm.train.loop import train
 
@@ -53,6 +53,6 @@ def test_two_processes_match_one(corpus: Path, tmp_path: Path):
     lb = [m["loss"] for m in Run(tmp_path / "single").metrics() if "loss" in m]
     assert len(la) == len(lb) == 8
     assert max(abs(a - b) for a, b in zip(la, lb, strict=True)) < 1e-4, (la, lb)
-    wa = load_model(tmp_path / "ddp")[0].state_dict()
-    wb = load_model(tmp_path / "single")[0].state_dict()
+    wa = load_model(tmp_path / "ddp").model.state_dict()
+    wb = load_model(tmp_path / "single").model.state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

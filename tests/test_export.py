@@ -12,10 +12,11 @@ from slm.config import Config
 from slm.errors import SlmError
 from slm.export.hf import export_hf
 from slm.export.imports import import_model
-from slm.infer.generate import generate_ids
-from slm.model.io import load_model
+from slm.model.load import load_model
 from slm.run import Run
 from slm.train.loop import train
+
+from .conftest import greedy_ids
 
 
 def trained(cfg: Config, path: Path, qk_norm: bool) -> Path:
@@ -33,7 +34,8 @@ def test_transformers_loads_export_with_same_logits_and_greedy(tiny_cfg, tmp_pat
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(hf).__name__ == ("Qwen3ForCausalLM" if qk_norm else "LlamaForCausalLM")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    model, tok, _, _ = load_model(run)
+    loaded = load_model(run)
+    model, tok = loaded.model, loaded.tokenizer
     text = "HAMLET. To be, or not to be"
     ids = tok.encode(text).ids
     assert hf_tok(text)["input_ids"] == ids
@@ -44,7 +46,7 @@ def test_transformers_loads_export_with_same_logits_and_greedy(tiny_cfg, tmp_pat
     assert (ours - theirs).abs().max() < 1e-4
     new = 12
     ref = hf.generate(x, max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids) :]
-    mine = list(generate_ids(model, ids, new, temperature=0.0))
+    mine = greedy_ids(model, tok, ids, new)
     assert mine == ref.tolist()
 
 
@@ -52,8 +54,10 @@ def test_import_export_round_trip(tiny_cfg, tmp_path: Path):
     run = trained(tiny_cfg, tmp_path / "run", qk_norm=False)
     export_hf(run, tmp_path / "hf")
     import_model(tmp_path / "hf", tmp_path / "back")
-    a, tok, _, _ = load_model(run)
-    b, tok_b, cfg_b, _ = load_model(tmp_path / "back")
+    loaded = load_model(run)
+    a, tok = loaded.model, loaded.tokenizer
+    loaded = load_model(tmp_path / "back")
+    b, tok_b, cfg_b = loaded.model, loaded.tokenizer, loaded.config
     assert tok_b.to_str() == tok.to_str()
     assert cfg_b.model.n_kv_head == tiny_cfg.model.n_kv_head
     x = torch.tensor([tok.encode("To be").ids])
@@ -62,7 +66,7 @@ def test_import_export_round_trip(tiny_cfg, tmp_path: Path):
     export_hf(tmp_path / "back", tmp_path / "hf2")
     import_model(tmp_path / "hf2", tmp_path / "back2")
     with torch.no_grad():
-        assert torch.equal(a(x)[0], load_model(tmp_path / "back2")[0](x)[0])
+        assert torch.equal(a(x)[0], load_model(tmp_path / "back2").model(x)[0])
 
 
 def test_bad_sources_fail_clearly(tiny_cfg, tmp_path: Path):
@@ -79,7 +83,7 @@ def test_bad_sources_fail_clearly(tiny_cfg, tmp_path: Path):
     (hf / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(SlmError, match="corrupt or incomplete"):
         import_model(hf, tmp_path / "y")
-    with pytest.raises(SlmError, match=r"neither a transformers model folder, a \.gguf"):
+    with pytest.raises(SlmError, match=r"nothing not found; pass an slm run .*a transformers model folder, a \.gguf"):
         import_model(tmp_path / "nothing", tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
@@ -88,7 +92,8 @@ def test_gguf_export_reads_back_through_transformers(tiny_cfg, tmp_path: Path):
     from slm.export.gguf import export_gguf
 
     run = trained(tiny_cfg, tmp_path / "run", qk_norm=False)
-    model, tok, _, _ = load_model(run)
+    loaded = load_model(run)
+    model, tok = loaded.model, loaded.tokenizer
     x = torch.tensor([tok.encode("HAMLET. To be, or not").ids])
     with torch.no_grad():
         ours, _ = model(x)
@@ -111,7 +116,8 @@ def test_gguf_qwen3_export_tensors_and_metadata(tiny_cfg, tmp_path: Path):
     from slm.export.gguf import export_gguf
 
     run = trained(tiny_cfg, tmp_path / "run", qk_norm=True)
-    model, _, cfg, _ = load_model(run)
+    loaded = load_model(run)
+    model, cfg = loaded.model, loaded.config
     reader = gguf.GGUFReader(export_gguf(run, tmp_path / "q.gguf", "f32"))
     fields = {f.name: f for f in reader.fields.values()}
     arch = bytes(fields["general.architecture"].parts[-1]).decode()

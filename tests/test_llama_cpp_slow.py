@@ -9,10 +9,11 @@ import pytest
 from rich.console import Console
 
 from slm.export.gguf import export_gguf
-from slm.infer.generate import generate_ids
-from slm.model.io import load_model
+from slm.model.load import load_model
 from slm.run import Run
 from slm.train.loop import train
+
+from .conftest import greedy_ids
 
 
 @pytest.mark.slow
@@ -22,10 +23,11 @@ def test_llama_cpp_greedy_matches_slm(tiny_cfg, tmp_path: Path, qtype: str):
 
     train(tiny_cfg, Run(tmp_path / "run"), console=Console(quiet=True), progress=False)
     path = export_gguf(tmp_path / "run", tmp_path / f"m_{qtype}.gguf", qtype)
-    model, tok, cfg, _ = load_model(tmp_path / "run")
+    loaded = load_model(tmp_path / "run")
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     prompt = tok.encode("HAMLET.\nTo be").ids
     new = 12
-    ours = list(generate_ids(model, prompt, new, temperature=0.0))
+    ours = greedy_ids(model, tok, prompt, new)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=cfg.model.max_seq_len, n_threads=2, verbose=False)
     theirs = []
     for t in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):

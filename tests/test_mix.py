@@ -16,7 +16,6 @@ from slm.errors import SlmError
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
 from slm.mix.search import run_mix
-from slm.mix.sweep import train_proxy
 
 from .test_data_pipeline import make_corpus
 
@@ -99,7 +98,7 @@ def test_training_on_a_mixture_reports_every_domain(corpus, tmp_path):
     assert set(s["val_bpb_by_domain"]) == {"news", "books"}
     shards = MixtureShards(corpus, {"news": 1.0, "books": 0.0}, [])
     b = shards.batcher(32, 64, seed=0)
-    x, _ = b.batch(0, 0)
+    x = b.batch(0, 0).inputs
     news = set(np.asarray(shards.domains["news"].tokens("train")).tolist())
     assert set(x.flatten().tolist()) <= news  # weight 0: books never drawn
     assert natural_weights(corpus).keys() == {"news", "books"}
@@ -113,7 +112,7 @@ def test_sweep_end_to_end_resumes_and_records_failures(corpus, tmp_path):
         "mix.jobs=1",
         "mix.target={books = 1.0}",
         "mix.search_samples=500",
-        "mix.top_k=10",
+        "mix.search_top_k=10",
     )
     cfg = load_config(None, over)
     out = tmp_path / "sweep"
@@ -135,14 +134,19 @@ def test_sweep_end_to_end_resumes_and_records_failures(corpus, tmp_path):
         run_mix(load_config(None, [*over, "mix.seed=9"]), out)
     # a proxy that diverges is recorded with its reason and left out of the fit
     bad = load_config(None, [*tiny(corpus, tmp_path, "train.lr=1e9", "train.grad_clip=0"), "data.mixture={news = 1.0}"])
-    res = train_proxy(bad.model_dump_json(), str(tmp_path / "diverged"), 1)
-    assert not res["ok"] and "loss is" in res["reason"]
+    from slm.mix.sweep import run_sweep
+
+    logs.clear()
+    run_sweep([(bad.model_dump_json(), tmp_path / "diverged")], ["proxy diverged"], "", 1, 1, None, None, logs.append)
     assert "loss is" in json.loads((tmp_path / "diverged" / "failed.json").read_text())["reason"]
+    assert any("proxy diverged failed: TrainingDiverged: loss is" in m for m in logs)
 
 
 def test_bad_mix_input(corpus, tmp_path):
-    with pytest.raises(SlmError, match=r"mix\.target is empty"):
+    with pytest.raises(SlmError, match=r"no \[mix\] table"):
         run_mix(load_config(None, tiny(corpus, tmp_path)), tmp_path / "a")
+    with pytest.raises(SlmError, match=r"mix\.target is empty"):
+        run_mix(load_config(None, tiny(corpus, tmp_path, "mix.proxies=8")), tmp_path / "a")
     with pytest.raises(SlmError, match="unknown domain"):
         run_mix(load_config(None, tiny(corpus, tmp_path, "mix.target={poetry = 1.0}")), tmp_path / "b")
     with pytest.raises(SlmError, match="too few: the regression needs at least 6"):
@@ -167,33 +171,39 @@ def test_validate_at_a_larger_scale_reports_decision_accuracy(corpus, tmp_path):
         validate_sweep(tmp_path / "nothing", [])
 
 
-def crash_or_succeed(cfg_json: str, folder: str, threads: int) -> dict:
-    """Stands in for train_proxy in a pool worker: the folder named 'dies' kills its process outright."""
+def crash_or_succeed(folder: str, threads: int) -> dict:
+    """A job for the executor: the folder named 'dies' kills its process outright, 'raises' raises."""
     import os
     import time
 
     if folder.endswith("dies"):
         os._exit(3)
-    time.sleep(0.5)  # still running when the other worker dies, with proxies left in the queue
-    return {"ok": True, "summary": {"folder": folder, "threads": threads}}
+    if folder.endswith("raises"):
+        raise ValueError("bad input")
+    time.sleep(0.5)  # still running when the other worker dies, with jobs left in the queue
+    return {"folder": folder, "threads": int(os.environ["OMP_NUM_THREADS"])}
 
 
-def test_a_dead_worker_is_recorded_and_the_other_proxies_finish(tmp_path):
+def test_a_dead_worker_is_recorded_and_the_other_jobs_finish(tmp_path):
     import threading
 
-    from slm.mix.sweep import DIED, _pool_run
+    from slm.executor import DIED, run_jobs
 
-    # the death comes while proxies still wait in the queue: they must run after the retry, not hang
-    names = ["a", "dies", "b", "c", "d"]
-    results: dict[int, dict] = {}
-    jobs = [("{}", tmp_path / n) for n in names]
-    worker = threading.Thread(target=_pool_run, args=(jobs, 2, 1, results.__setitem__, crash_or_succeed), daemon=True)
+    # the death comes while jobs still wait in the queue: they must run after the retry, not hang
+    names = ["a", "dies", "b", "raises", "c", "d", "done"]
+    results: dict[int, object] = {}
+    jobs = [(str(tmp_path / n), 1) for n in names]
+    args = (crash_or_succeed, jobs, 2, results.__setitem__, lambda i: names[i] == "done")
+    worker = threading.Thread(target=run_jobs, args=args, kwargs={"threads": 1}, daemon=True)
     worker.start()
     worker.join(timeout=120)
-    assert not worker.is_alive(), "the sweep hung after a worker died"
-    assert sorted(results) == [0, 1, 2, 3, 4]  # every proxy reported exactly once
-    assert results[1] == {"ok": False, "reason": DIED}
-    assert all(results[i]["ok"] and results[i]["summary"]["folder"].endswith(names[i]) for i in (0, 2, 3, 4))
+    assert not worker.is_alive(), "the executor hung after a worker died"
+    assert sorted(results) == list(range(7))  # every job reported exactly once
+    assert not results[1].ok and results[1].reason == DIED
+    assert not results[3].ok and results[3].reason == "ValueError: bad input" and "Traceback" in results[3].trace
+    assert results[6].ok and results[6].skipped  # its finished marker existed: not run again
+    for i in (0, 2, 4, 5):
+        assert results[i].ok and results[i].value == {"folder": str(tmp_path / names[i]), "threads": 1}
 
 
 def test_a_sweep_on_ray_gives_the_same_proxies_as_local_processes(corpus, tmp_path):

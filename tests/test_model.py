@@ -5,14 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from slm.config import ModelConfig
+from slm.data.batch import IGNORE
 from slm.model.loss import cross_entropy
 from slm.model.transformer import KVCache, Transformer
 
 
 def make(**kw) -> Transformer:
     torch.manual_seed(0)
-    base = {"vocab_size": 97, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "d_model": 32, "max_seq_len": 24}
-    return Transformer(ModelConfig(**(base | kw))).eval()
+    base = {"n_layer": 2, "n_head": 4, "n_kv_head": 2, "d_model": 32, "max_seq_len": 24}
+    return Transformer(ModelConfig(**(base | kw)), 97).eval()
 
 
 @pytest.mark.parametrize("kw", [{}, {"qk_norm": True}, {"n_kv_head": 4, "tie_embeddings": False}])
@@ -67,6 +68,41 @@ def test_fused_cross_entropy_matches_pytorch(z):
     assert torch.allclose(a.grad, b.grad, atol=1e-12)
 
 
+@pytest.mark.parametrize("z", [0.0, 1e-2])
+def test_masked_cross_entropy_matches_pytorch_ignore_index(z):
+    """Ignored positions take no loss and no gradient; the mean runs over the others (value and gradient
+    against PyTorch's cross_entropy(ignore_index=...) plus the z-loss over the same positions)."""
+    torch.manual_seed(2)
+    base = torch.randn(60, 211, dtype=torch.float64)
+    t = torch.randint(0, 211, (60,))
+    t[::3] = IGNORE
+    t[7] = IGNORE
+    a = base.clone().requires_grad_()
+    loss_a = cross_entropy(a * 1.0, t, z)
+    loss_a.backward()
+    b = base.clone().requires_grad_()
+    keep = t != IGNORE
+    loss_b = F.cross_entropy(b, t, ignore_index=IGNORE) + z * torch.logsumexp(b[keep], -1).pow(2).mean()
+    loss_b.backward()
+    assert torch.allclose(loss_a, loss_b, atol=1e-12)
+    assert torch.allclose(a.grad, b.grad, atol=1e-12)
+    assert torch.equal(a.grad[~keep], torch.zeros_like(a.grad[~keep]))
+    # nothing to learn from: zero loss and zero gradient, not NaN
+    c = base.clone().requires_grad_()
+    loss_c = cross_entropy(c * 1.0, torch.full((60,), IGNORE), z)
+    loss_c.backward()
+    assert loss_c.item() == 0.0 and torch.equal(c.grad, torch.zeros_like(c.grad))
+
+
+def test_unmasked_loss_is_bit_identical_to_a_plain_mean():
+    """The mask costs nothing when no position is ignored: the loss is exactly mean(lse - picked)."""
+    torch.manual_seed(3)
+    logits = torch.randn(512, 300)
+    t = torch.randint(0, 300, (512,))
+    expect = (torch.logsumexp(logits, -1) - logits.gather(1, t[:, None]).squeeze(1)).mean()
+    assert torch.equal(cross_entropy(logits.clone(), t), expect)
+
+
 def test_model_loss_is_cross_entropy_of_logits():
     m = make()
     x = torch.randint(0, 97, (2, 16))
@@ -80,3 +116,34 @@ def test_model_loss_is_cross_entropy_of_logits():
 def test_bad_head_layout_is_rejected():
     with pytest.raises(ValueError, match="divisible by n_kv_head"):
         ModelConfig(n_head=4, n_kv_head=3, d_model=32)
+
+
+def test_rows_at_their_own_positions_decode_like_each_row_alone():
+    """Rows of different lengths share a cache and decode together, each at its own position; every row's
+    logits equal a full forward of that row alone, whatever the others hold."""
+    m = make(qk_norm=True)
+    torch.manual_seed(4)
+    seqs = [torch.randint(0, 97, (n,)) for n in (5, 11, 8)]
+    cache = KVCache(m.cfg, 3, 24, torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        for i, s in enumerate(seqs):  # each prompt into its own row, minus its last token
+            m.hidden(s[None, :-1], cache=cache.rows(i, i + 1))
+        x = torch.stack([s[-1:] for s in seqs])
+        got = m.logits(m.hidden(x, cache=cache, positions=[len(s) - 1 for s in seqs])[:, 0])
+        for i, s in enumerate(seqs):
+            want, _ = m(s[None])
+            assert torch.allclose(got[i], want[0, -1], atol=1e-5)
+
+
+def test_packed_weights_give_the_same_logits():
+    """Decoding copies of the weights (fused, stored in-by-out) change the layout, not the result."""
+    m = make(n_kv_head=2)
+    x = torch.randint(0, 97, (1, 9))
+    with torch.no_grad():
+        plain = [m.logits(m.hidden(x[:, : i + 1])[:, -1:]) for i in range(9)]
+        m.pack()
+        cache = KVCache(m.cfg, 1, 24, torch.float32, torch.device("cpu"))
+        packed = [m.logits(m.hidden(x[:, i : i + 1], cache=cache)) for i in range(9)]
+        m.unpack()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, packed, strict=True))
+    assert m.head_packed is None and all(b.attn.packed is None for b in m.layers)

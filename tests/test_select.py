@@ -93,35 +93,38 @@ def test_select_by_pieces_ends_every_kept_piece_with_a_separator(corpus, tmp_pat
 def test_a_reference_tokenizer_that_cannot_spell_the_corpus_is_refused(corpus, tmp_path, monkeypatch):  # noqa: F811
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    import slm.eval.evaluate as ev
+    import slm.select.perplexity as sel
 
     ref = Run(tmp_path / "ref")
     train(load_config(None, tiny(corpus, tmp_path, "data.mixture={news = 0.5, books = 0.5}")), ref, progress=False)
-    real = ev.open_model
+    real = sel.load_model
     words = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
 
-    def with_word_tokenizer(source, stack):
-        model, _, cfg, path = real(source, stack)
-        return model, words, cfg, path
+    def with_word_tokenizer(source):
+        loaded = real(source)
+        loaded.tokenizer = words
+        return loaded
 
-    monkeypatch.setattr(ev, "open_model", with_word_tokenizer)
+    monkeypatch.setattr(sel, "load_model", with_word_tokenizer)
     with pytest.raises(SlmError, match="tokenizer cannot encode the corpus"):
         select(corpus, str(ref.path), tmp_path / "sel", 0.5, "low")
     assert not (tmp_path / "sel").exists()
 
 
 def test_batched_scores_equal_one_by_one(corpus, tmp_path):  # noqa: F811
-    from slm.model.io import load_model
-    from slm.select.perplexity import score_all, score_tokens
+    from slm.model.load import load_model
+    from slm.model.score import score
 
     ref = Run(tmp_path / "ref")
     train(load_config(None, tiny(corpus, tmp_path, "data.mixture={news = 0.5, books = 0.5}")), ref, progress=False)
-    model, _, _, _ = load_model(ref.path)
+    loaded = load_model(ref.path)
+    model = loaded.model
     model.eval()
     toks = np.asarray(Shards.open(corpus / "news").tokens("train"))
     units = [toks[i : i + 20] for i in range(0, 400, 20)] + [toks[:90], toks[5:6], toks[7:40]]  # 33: one window
-    got = score_all(model, units, 32, batch=4)
+    got = score(model, units, 32, batch_size=4)
     for u, g in zip(units, got, strict=True):
-        total, n = score_tokens(model, u, 32)
-        assert g == pytest.approx(total / max(n, 1), rel=1e-4, abs=1e-6)
+        alone = score(model, [u], 32, batch_size=1)[0]
+        assert g[1] == alone[1] == len(u) - 1
+        assert g[0] == pytest.approx(alone[0], rel=1e-4, abs=1e-6)

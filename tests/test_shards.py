@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slm.data.shards import Batcher, Shards, eval_windows, prepare_shards
+from slm.data.shards import Batcher, Shards, prepare_shards
 from slm.errors import SlmError
 from slm.tokenizer import train_tokenizer
 
@@ -80,23 +80,18 @@ def test_batches_are_contiguous_windows_and_deterministic(tok, corpus: Path, tmp
     prepare_shards(tok, [str(corpus)], tmp_path / "s", [str(corpus.parent / "heldout.txt")])
     tokens = Shards.open(tmp_path / "s").tokens("train")
     b = Batcher(tokens, 16, 4, seed=7)
-    x, y = b.batch(3, 0)
+    first = b.batch(3, 0)
+    x, y = first.inputs, first.targets
     assert x.shape == (4, 16) and y.shape == (4, 16)
     assert (x[:, 1:] == y[:, :-1]).all()
-    x2, _ = Batcher(tokens, 16, 4, seed=7).batch(3, 0)
+    x2 = Batcher(tokens, 16, 4, seed=7).batch(3, 0).inputs
     assert (x == x2).all()
-    x3, _ = b.batch(3, 1)
+    x3 = b.batch(3, 1).inputs
     assert not (x == x3).all()
     arr = np.asarray(tokens)
     row = x[0].numpy()
     starts = [i for i in range(len(arr) - 16) if (arr[i : i + 16] == row).all()]
     assert starts, "a batch row must be a slice of the shard"
-
-
-def test_eval_windows_cover_split_once():
-    tokens = np.arange(100, dtype=np.uint16)
-    ys = [y for _, y in eval_windows(tokens, 16)]
-    assert np.concatenate([y.numpy().ravel() for y in ys]).tolist() == list(range(1, 100))
 
 
 def test_short_corpus_and_tokenizer_mismatch(tok, corpus: Path, tmp_path: Path):

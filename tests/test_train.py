@@ -11,7 +11,7 @@ from rich.console import Console
 import slm.train.checkpoint as ckpt_mod
 from slm.config import Config
 from slm.errors import SlmError
-from slm.model.io import load_model
+from slm.model.load import load_model
 from slm.run import Run
 from slm.train import loop
 from slm.train.loop import TrainingDiverged, train
@@ -43,10 +43,12 @@ def test_end_to_end_tiny_run(tiny_cfg: Config, tmp_path: Path):
     assert [c.name for c in run.checkpoints()] == ["step_0000006", "step_0000012"]
     summary = json.loads((path / "summary.json").read_text())
     assert summary["val_bpb"] == pytest.approx(s["val_bpb"]) and 0 < s["val_bpb"] < 20
-    _, tok, cfg, meta = load_model(path)
-    assert meta["step"] == 12 and cfg.model.vocab_size == tok.get_vocab_size()
+    loaded = load_model(path)
+    tok, cfg, meta = loaded.tokenizer, loaded.config, loaded.meta
+    assert meta["step"] == 12 and cfg.tokenizer.vocab_size == tok.get_vocab_size()
     # The resolved config saved in the run reproduces the recipe (with the vocabulary filled in).
-    assert cfg.train == tiny_cfg.train and cfg.model.vocab_size == 300
+    assert cfg.train == tiny_cfg.train and cfg.tokenizer.vocab_size == 300
+    assert "vocab_size" not in cfg.model.model_dump()  # one place for the vocabulary size
 
 
 def test_resume_gives_the_same_loss_curve(tiny_cfg: Config, tmp_path: Path, monkeypatch):
@@ -70,8 +72,8 @@ def test_resume_gives_the_same_loss_curve(tiny_cfg: Config, tmp_path: Path, monk
     a, b = losses(tmp_path / "straight"), losses(tmp_path / "killed")
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a), (a, b)
-    wa = load_model(tmp_path / "straight")[0].state_dict()
-    wb = load_model(tmp_path / "killed")[0].state_dict()
+    wa = load_model(tmp_path / "straight").model.state_dict()
+    wb = load_model(tmp_path / "killed").model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -102,7 +104,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny_cfg: Config, tm
     monkeypatch.setattr(loop.Transformer, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 8.*step_0000006"):
         run_train(tiny_cfg, tmp_path / "run")
-    model, *_ = load_model(tmp_path / "run")
+    model = load_model(tmp_path / "run").model
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -123,7 +125,7 @@ def test_disk_full_while_checkpointing_keeps_previous(tiny_cfg: Config, tmp_path
     run = Run(tmp_path / "run")
     assert [c.name for c in run.checkpoints()] == ["step_0000006"]
     assert not [p for p in run.ckpt_dir.iterdir() if p.name.startswith(".")]
-    model, *_ = load_model(run.path)
+    model = load_model(run.path).model
     assert model is not None
 
 
@@ -132,8 +134,13 @@ def test_resume_without_checkpoint_or_config_fails_clearly(tiny_cfg: Config, tmp
         run_train(tiny_cfg, tmp_path / "fresh", resume=True)
     with pytest.raises(SlmError, match="not a run folder"):
         Run(tmp_path / "nothing").load_config()
-    with pytest.raises(SlmError, match="no complete checkpoint"):
+    assert not (tmp_path / "fresh").exists()  # a refused resume writes nothing
+    with pytest.raises(SlmError, match="fresh not found"):
         load_model(tmp_path / "fresh")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.toml").write_text("")
+    with pytest.raises(SlmError, match="no complete checkpoint"):
+        load_model(tmp_path / "empty")
 
 
 def test_corpus_shorter_than_a_window(tiny_cfg: Config, tmp_path: Path):

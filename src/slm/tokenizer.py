@@ -64,6 +64,17 @@ def eos_id(tok: Tokenizer, eos_token: str = "<|endoftext|>") -> int:
     raise SlmError(f"tokenizer has no end-of-text token '{eos_token}'; set tokenizer.eos_token to one it has")
 
 
+def end_ids(tok: Tokenizer, eos_token: str = "<|endoftext|>") -> set[int]:
+    """Tokens that end a generated sequence: the model's end-of-text token, plus the document separator and
+    chat turn end when the vocabulary has them (a chat model's eos is <|im_end|>, yet <|endoftext|> ends too)."""
+    ids = {eos_id(tok, eos_token)}
+    for name in ("<|endoftext|>", "<|im_end|>"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            ids.add(i)
+    return ids
+
+
 @cache
 def _byte_decoder() -> dict[str, int]:
     # GPT-2's reversible map from bytes to printable characters, which byte-level BPE vocabularies use.

@@ -11,19 +11,20 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from slm import resources
 from slm.data.shards import prepare_shards
-from slm.data.text import REPO_ROOT, ReadStats, read_documents
+from slm.data.text import ReadStats, read_documents
 from slm.errors import SlmError
 from slm.run import atomic_write_text, refuse_existing
 from slm.tokenizer import load_tokenizer, train_tokenizer
 
-BUILTIN = REPO_ROOT / "data" / "builtin"
+BUILTIN = resources.root() / "data" / "builtin"
 
 
 def domains() -> dict[str, dict]:
     spec = BUILTIN / "domains.json"
     if not spec.is_file():
-        raise SlmError(f"{spec} not found; the built-in corpus ships with the slm checkout")
+        raise SlmError(f"{spec} not found; the built-in corpus ships inside the slm package; reinstall slm")
     return json.loads(spec.read_text())
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slm.data.batch import Batch, windows
 from slm.data.shards import Shards
 from slm.errors import SlmError
 
@@ -68,7 +69,7 @@ class MixtureBatcher:
         self.parts, self.weights = parts, weights
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
 
-    def batch(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, index: int) -> Batch:
         rng = np.random.default_rng([self.seed, step, index])
         which = rng.choice(len(self.parts), size=self.batch_size, p=self.weights)
         rows = []
@@ -76,8 +77,7 @@ class MixtureBatcher:
             toks = self.parts[d]
             s = int(rng.integers(0, len(toks) - self.seq_len))
             rows.append(toks[s : s + self.seq_len + 1])
-        w = torch.from_numpy(np.stack(rows).astype(np.int64))
-        return w[:, :-1], w[:, 1:]
+        return windows(torch.from_numpy(np.stack(rows).astype(np.int64)))
 
 
 class MixtureShards:

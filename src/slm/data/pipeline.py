@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -38,6 +37,7 @@ from slm.data.readers import check_parquet, detect_format, read_hf, read_source_
 from slm.data.stats import Funnel
 from slm.data.text import ReadStats, expand_inputs
 from slm.errors import SlmError
+from slm.executor import Outcome, run_jobs
 from slm.run import atomic_dir, atomic_write_text
 
 # Fields that do not change what the pipeline writes, so changing them never invalidates finished work.
@@ -150,41 +150,6 @@ def process_task(cfg_json: str, task: Task, work: str) -> dict:
     return {"task": task.index, "docs": len(exact)}
 
 
-def _run_local(cfg: PipelineConfig, pending: list[Task], work: Path, done: Callable[[Task], None]) -> None:
-    workers = min(cfg.workers or os.cpu_count() or 1, len(pending))
-    cfg_json = cfg.model_dump_json()
-    if workers <= 1:
-        for t in pending:
-            process_task(cfg_json, t, str(work))
-            done(t)
-        return
-    # spawn, not fork: the parent may hold tokenizer or torch thread pools that do not survive a fork.
-    with mp.get_context("spawn").Pool(workers, maxtasksperchild=64) as pool:
-        results = {t.index: pool.apply_async(process_task, (cfg_json, t, str(work))) for t in pending}
-        by_index = {t.index: t for t in pending}
-        for i, r in results.items():
-            r.get()
-            done(by_index[i])
-
-
-def _run_ray(cfg: PipelineConfig, pending: list[Task], work: Path, done: Callable[[Task], None]) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise SlmError("ray_address is set but Ray is not installed: pip install 'slm[cluster]'") from None
-    address = None if cfg.ray_address == "local" else cfg.ray_address
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
-    # Input and output paths must be on storage every node sees (NFS, a mounted bucket).
-    remote = ray.remote(num_cpus=1)(process_task)
-    cfg_json = cfg.model_dump_json()
-    futures = {remote.remote(cfg_json, t, str(work)): t for t in pending}
-    while futures:
-        ready, _ = ray.wait(list(futures), num_returns=1)
-        for f in ready:
-            ray.get(f)
-            done(futures.pop(f))
-
-
 # ---------------------------------------------------------------- stage 3: output
 
 
@@ -247,8 +212,30 @@ def run_pipeline(
 
     if progress:
         progress("files", finished, len(tasks))
-    if pending:
-        (_run_ray if cfg.ray_address else _run_local)(cfg, pending, work, done)
+    failures: list[str] = []
+
+    def ended(i: int, out: Outcome) -> None:
+        if out.ok:
+            done(pending[i])
+        else:
+            failures.append(f"{pending[i].path or cfg.sources[pending[i].source].dataset}: {out.reason}")
+
+    # One task per input file: local worker processes (bounded memory: each serves 64 files, then a fresh
+    # one) or Ray tasks, whose input and output paths must be on storage every node sees.
+    cfg_json = cfg.model_dump_json()
+    run_jobs(
+        process_task,
+        [(cfg_json, t, str(work)) for t in pending],
+        min(cfg.workers or os.cpu_count() or 1, len(pending)),
+        ended,
+        ray_address=cfg.ray_address,
+        max_tasks_per_worker=64,
+    )
+    if failures:
+        raise SlmError(
+            f"{len(failures)} input(s) failed, e.g. {failures[0]}; the others are kept: fix the input and rerun "
+            "to continue"
+        )
 
     # stage 2
     dirs = [work / "tasks" / t.name for t in tasks]
@@ -344,11 +331,12 @@ def _tokenizer(cfg: PipelineConfig, out: Path, work: Path, tasks: list[Task], ke
     path = out / "tokenizer.json"
     if path.exists():
         return load_tokenizer(path)
-    if cfg.output.tokenizer:
-        tok = load_tokenizer(cfg.output.tokenizer)
+    t = cfg.tokenizer
+    if t.path:
+        tok = load_tokenizer(t.path)
     else:
-        budget = int(cfg.output.tokenizer_sample_mb * 1e6)
-        log(f"training a byte-level BPE tokenizer (vocab {cfg.output.vocab_size}) on up to {budget / 1e6:g} MB")
+        budget = int(t.sample_mb * 1e6)
+        log(f"training a byte-level BPE tokenizer (vocab {t.vocab_size}) on up to {budget / 1e6:g} MB")
 
         def sample() -> Iterator[str]:
             # Round-robin over files, so every domain is in the sample even when the budget is small.
@@ -364,7 +352,7 @@ def _tokenizer(cfg: PipelineConfig, out: Path, work: Path, tasks: list[Task], ke
                         yield d
                 streams = alive
 
-        tok = train_tokenizer(sample(), vocab_size=cfg.output.vocab_size, eos_token=cfg.output.eos_token)
+        tok = train_tokenizer(sample(), t.vocab_size or 8192, t.min_frequency, t.eos_token)
     atomic_write_text(path, tok.to_str(pretty=True))
     return tok
 
@@ -402,7 +390,7 @@ def _write_domain(cfg, out: Path, work: Path, domain: str, tasks: list[Task], ke
             folder,
             stream(True) if has_val else None,
             frac,
-            cfg.output.eos_token,
+            cfg.tokenizer.eos_token,
             extra=lambda: {"domain": domain, "pipeline_hash": h, **info},
             empty_hint=f"domain '{domain}': no document survived the pipeline; see stats.json for why",
         )

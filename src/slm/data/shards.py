@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from slm.data.batch import Batch, windows
 from slm.data.text import ReadStats, expand_inputs, read_documents
 from slm.errors import SlmError
 from slm.run import atomic_dir, atomic_write_text
@@ -225,25 +226,11 @@ class Batcher:
             )
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
 
-    def batch(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, index: int) -> Batch:
         rng = np.random.default_rng([self.seed, step, index])
         return self.at(rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size))
 
-    def at(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def at(self, starts: np.ndarray) -> Batch:
         """Inputs and next-token targets of the windows beginning at `starts`."""
         win = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
-        w = torch.from_numpy(win)
-        return w[:, :-1], w[:, 1:]
-
-
-def eval_windows(
-    tokens: np.ndarray, seq_len: int, max_tokens: int | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive non-overlapping windows covering the split (or its first max_tokens), one at a time."""
-    n = len(tokens) - 1
-    if max_tokens is not None:
-        n = min(n, max_tokens)
-    for i in range(0, n, seq_len):
-        j = min(i + seq_len, n)
-        w = torch.from_numpy(np.asarray(tokens[i : j + 1]).astype(np.int64))
-        yield w[None, :-1], w[None, 1:]
+        return windows(torch.from_numpy(win))

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slm import resources
 from slm.errors import SlmError
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -52,9 +51,9 @@ class ReadStats:
 
 
 def _resolve(pattern: str) -> list[Path]:
-    # Relative patterns are tried from the working directory, then from the checkout, so recipes
-    # that name data/... work from anywhere.
-    bases = [Path.cwd(), REPO_ROOT] if not Path(pattern).is_absolute() else [Path("/")]
+    # Relative patterns are tried from the working directory, then from the data slm ships, so recipes
+    # that name data/... work from any folder and from a plain pip install.
+    bases = [Path.cwd(), resources.root()] if not Path(pattern).is_absolute() else [Path("/")]
     for base in bases:
         full = str(base / pattern) if not Path(pattern).is_absolute() else pattern
         hits = sorted(glob.glob(full, recursive=True))

@@ -62,7 +62,7 @@ def build_cache(
 ) -> dict:
     if temperature <= 0:
         raise SlmError(f"distill.temperature must be above 0 (got {temperature})")
-    vocab = teacher.cfg.vocab_size
+    vocab = teacher.vocab_size
     if not 1 <= top_k < vocab:
         raise SlmError(f"distill.top_k={top_k} must be between 1 and the vocabulary size {vocab}")
     tokens = shards.tokens("train")

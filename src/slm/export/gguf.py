@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from slm.errors import SlmError
-from slm.model.io import load_model
+from slm.model.load import load_model
 from slm.run import refuse_existing
 
 TYPES = ("f32", "f16", "q8_0")
@@ -45,7 +45,8 @@ def export_gguf(src: str | Path, out: str | Path, qtype: str = "f16", force: boo
     if qtype not in TYPES:
         raise SlmError(f"GGUF type {qtype!r} is not supported; supported: {', '.join(TYPES)}")
     refuse_existing(out, force)
-    model, tok, cfg, _ = load_model(src)
+    loaded = load_model(src)
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     m = cfg.model
     arch = "qwen3" if m.qk_norm else "llama"
     ftype = {
@@ -69,7 +70,7 @@ def export_gguf(src: str | Path, out: str | Path, qtype: str = "f16", force: boo
     w.add_rope_dimension_count(m.head_dim)
     w.add_rope_freq_base(m.rope_theta)
     w.add_layer_norm_rms_eps(m.norm_eps)
-    w.add_vocab_size(m.vocab_size)
+    w.add_vocab_size(model.vocab_size)
     w.add_file_type(ftype)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -80,6 +81,8 @@ def export_gguf(src: str | Path, out: str | Path, qtype: str = "f16", force: boo
         w.add_bos_token_id(eos)
         w.add_eos_token_id(eos)
     w.add_add_bos_token(False)
+    if loaded.chat_template:
+        w.add_chat_template(loaded.chat_template)
 
     def put(name: str, t: torch.Tensor | np.ndarray) -> None:
         a = t if isinstance(t, np.ndarray) else t.detach().float().cpu().numpy()

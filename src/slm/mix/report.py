@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from slm.report.html import CSS, _svg, _table
+from slm.report.html import CSS, html_table, svg
 from slm.run import atomic_write_text
 
 
@@ -31,7 +31,7 @@ def _scatter(result: dict) -> str:
     ax.set_ylabel("predicted")
     ax.set_title("proxies: predicted vs actual")
     ax.legend(fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _bars(result: dict) -> str:
@@ -44,7 +44,7 @@ def _bars(result: dict) -> str:
     ax.set_ylabel("weight")
     ax.set_title("mixtures")
     ax.legend()
-    return _svg(fig)
+    return svg(fig)
 
 
 def _effects(result: dict) -> str:
@@ -56,7 +56,7 @@ def _effects(result: dict) -> str:
     ax.set_ylabel("change in target bpb per unit weight")
     ax.set_title("each domain's effect (linear model; below 0 helps)")
     ax.tick_params(axis="x", rotation=30)
-    return _svg(fig)
+    return svg(fig)
 
 
 def write_mix_report(result: dict, path: Path) -> Path:
@@ -73,11 +73,11 @@ def write_mix_report(result: dict, path: Path) -> Path:
     parts = [
         f"<h1>slm mix</h1><p class=muted>target: {html.escape(what)} · "
         f"{len(result['fitted_on'])} proxies fitted, {len(failed)} failed · "
-        f"{result['search_samples']:,} mixtures searched, top {result['top_k']} averaged</p>",
+        f"{result['search_samples']:,} mixtures searched, top {result['search_top_k']} averaged</p>",
         "<h2>Fit on held-out proxies</h2>",
-        _table(["model", "Spearman", "Pearson"], rows_fit),
+        html_table(["model", "Spearman", "Pearson"], rows_fit),
         "<h2>Chosen mixture</h2>",
-        _table(["mixture", *result["domains"], "predicted target bpb"], rows_mix),
+        html_table(["mixture", *result["domains"], "predicted target bpb"], rows_mix),
         "<div class=plots>",
         f"<div class=plot>{_scatter(result)}</div>",
         f"<div class=plot>{_bars(result)}</div>",
@@ -85,7 +85,7 @@ def write_mix_report(result: dict, path: Path) -> Path:
         "</div>",
     ]
     if failed:
-        parts += ["<h2>Failed proxies</h2>", _table(["proxy", "reason"], failed)]
+        parts += ["<h2>Failed proxies</h2>", html_table(["proxy", "reason"], failed)]
     body = "\n".join(parts)
     page = f"<!doctype html><html><head><meta charset=utf-8><title>slm mix</title><style>{CSS}</style></head>"
     atomic_write_text(path, page + f"<body>{body}</body></html>\n")

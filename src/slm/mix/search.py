@@ -18,25 +18,32 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from slm.config import Config
+from slm.config import Config, MixConfig
 from slm.data.mixture import corpus_domains, natural_weights
 from slm.data.shards import Shards
 from slm.errors import SlmError
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
-from slm.mix.sweep import finished, run_sweep, target_value, tracker
+from slm.mix.sweep import finished, run_sweep, target_value
 from slm.run import atomic_write_text
 
 
+def mix_config(cfg: Config) -> MixConfig:
+    if cfg.mix is None:
+        raise SlmError("no [mix] table: name the target, e.g. --set 'mix.target={drama = 1.0}'")
+    return cfg.mix
+
+
 def check_target(cfg: Config, corpus: Path, domains: list[str]) -> dict[str, float]:
-    target = cfg.mix.target
-    if cfg.mix.target_task:
+    mix = mix_config(cfg)
+    target = mix.target
+    if mix.target_task:
         from slm.eval.tasks import load_task
 
         if target:
             raise SlmError("set mix.target (held-out domains) or mix.target_task, not both")
-        if load_task(cfg.mix.target_task).spec.type != "multiple_choice":  # parsed now, not after the sweep
-            raise SlmError(f"mix.target_task {cfg.mix.target_task} is not a multiple-choice task")
+        if load_task(mix.target_task).spec.type != "multiple_choice":  # parsed now, not after the sweep
+            raise SlmError(f"mix.target_task {mix.target_task} is not a multiple-choice task")
         return {}
     if not target:
         raise SlmError(
@@ -55,10 +62,12 @@ def check_target(cfg: Config, corpus: Path, domains: list[str]) -> dict[str, flo
 
 
 def proxy_config(cfg: Config, mixture: dict[str, float], target: dict[str, float], name: str) -> Config:
+    """A proxy is a plain training run of the sweep's [model] and [train] on one mixture."""
     c = cfg.model_copy(deep=True)
     c.data.mixture = mixture
     c.data.val_domains = list(target)  # empty for a task target: every domain the mixture uses
     c.name = name
+    c.mix = None
     return c
 
 
@@ -68,23 +77,24 @@ def run_mix(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
+    mix = mix_config(cfg)
     if not cfg.data.shards:
         raise SlmError("slm mix needs data.shards = a corpus folder of per-domain shards (slm data builtin -o ...)")
     corpus = Path(cfg.data.shards)
     domains = corpus_domains(corpus)
     target = check_target(cfg, corpus, domains)
     need = min_proxies(len(domains))
-    if cfg.mix.proxies < need:
+    if mix.proxies < need:
         raise SlmError(
-            f"mix.proxies={cfg.mix.proxies} is too few: the regression needs at least {need} for {len(domains)} domains"
+            f"mix.proxies={mix.proxies} is too few: the regression needs at least {need} for {len(domains)} domains"
         )
     nat = natural_weights(corpus)
     natural = np.array([nat[d] for d in domains])
-    mixtures = sample_mixtures(natural, cfg.mix.proxies, cfg.mix.concentration, cfg.mix.seed)
+    mixtures = sample_mixtures(natural, mix.proxies, mix.concentration, mix.seed)
     out.mkdir(parents=True, exist_ok=True)
     plan = {"domains": domains, "natural": natural.tolist(), "mixtures": mixtures.tolist(), "target": target}
-    if cfg.mix.target_task:
-        plan["target_task"] = cfg.mix.target_task
+    if mix.target_task:
+        plan["target_task"] = mix.target_task
     mf = out / "mixtures.json"
     if mf.exists():
         old = json.loads(mf.read_text())
@@ -99,39 +109,35 @@ def run_mix(
         proxy_config(cfg, dict(zip(domains, m.tolist(), strict=True)), target, f"p{i:03d}")
         for i, m in enumerate(mixtures)
     ]
-    task = cfg.mix.target_task
-    pending = [i for i, f in enumerate(folders) if not finished(f, task) and not (f / "failed.json").exists()]
-    if len(pending) < len(folders):
-        log(f"resuming: {len(folders) - len(pending)} of {len(folders)} proxies already finished")
+    task = mix.target_task
     cores = os.cpu_count() or 1
-    jobs = cfg.mix.jobs or cores
-    threads = max(1, cores // jobs)
-    done = tracker(len(folders), len(pending), [f"proxy {folders[i].name}" for i in pending], progress, log)
-
-    if pending:
-        log(f"training {len(pending)} proxies, {jobs} at a time with {threads} thread(s) each")
-        run_sweep(
-            [(cfgs[i].model_dump_json(), folders[i]) for i in pending],
-            jobs,
-            threads,
-            cfg.mix.ray_address,
-            done,
-            cfg.mix.gpus_per_proxy,
-        )
+    jobs = mix.jobs or cores
+    run_sweep(
+        [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
+        [f"proxy {f.name}" for f in folders],
+        task,
+        jobs,
+        max(1, cores // jobs),
+        mix.ray_address,
+        progress,
+        log,
+        mix.gpus_per_proxy,
+    )
 
     return analyse(cfg, out, domains, natural, mixtures, folders, target)
 
 
 def analyse(cfg, out, domains, natural, mixtures, folders, target) -> dict:
+    mix = mix_config(cfg)
     rows, ok = [], []
     for i, f in enumerate(folders):
         row = {"proxy": f.name, "mixture": dict(zip(domains, mixtures[i].tolist(), strict=True))}
-        if finished(f, cfg.mix.target_task):
+        if finished(f, mix.target_task):
             s = json.loads((f / "summary.json").read_text())
             row.update(
                 {
                     "status": "ok",
-                    "target": target_value(s, target, cfg.mix.target_task),
+                    "target": target_value(s, target, mix.target_task),
                     **({"task": s["task"]} if "task" in s else {}),
                     "val_bpb_by_domain": s["val_bpb_by_domain"],
                     "train_seconds": s["train_seconds"],
@@ -146,16 +152,16 @@ def analyse(cfg, out, domains, natural, mixtures, folders, target) -> dict:
         rows.append(row)
     X = mixtures[ok]
     y = np.array([rows[i]["target"] for i in ok])
-    f = fit(X, y, cfg.mix.holdout, cfg.mix.seed)
+    f = fit(X, y, mix.holdout, mix.seed)
     chosen, pred_top, pred_chosen = search(
-        f.models["lightgbm"], natural, cfg.mix.search_samples, cfg.mix.concentration, cfg.mix.top_k, cfg.mix.seed
+        f.models["lightgbm"], natural, mix.search_samples, mix.concentration, mix.search_top_k, mix.seed
     )
     uniform = np.full(len(domains), 1 / len(domains))
     lgbm, lin = f.models["lightgbm"], f.models["linear"]
     result = {
         "domains": domains,
         "target": target,
-        "target_task": cfg.mix.target_task,
+        "target_task": mix.target_task,
         "proxies": rows,
         "fit": {"held_out_proxies": len(f.held_out), "correlation": f.holdout},
         "predicted": f.predicted,
@@ -174,8 +180,8 @@ def analyse(cfg, out, domains, natural, mixtures, folders, target) -> dict:
             "linear_coefficient": dict(zip(domains, [float(c) for c in lin.coef_], strict=True)),
             "lightgbm_importance": dict(zip(domains, [int(v) for v in lgbm.feature_importances_], strict=True)),
         },
-        "search_samples": cfg.mix.search_samples,
-        "top_k": cfg.mix.top_k,
+        "search_samples": mix.search_samples,
+        "search_top_k": mix.search_top_k,
     }
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     fragment = "# chosen by slm mix: " + ", ".join(f"{d}={w:.3f}" for d, w in result["chosen"].items()) + "\n"

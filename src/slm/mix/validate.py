@@ -20,8 +20,8 @@ import numpy as np
 from slm.config import Config, apply_override, validate_config
 from slm.errors import SlmError
 from slm.mix.search import proxy_config
-from slm.mix.sweep import finished, run_sweep, target_value, tracker
-from slm.run import atomic_write_text
+from slm.mix.sweep import finished, run_sweep, target_value
+from slm.run import atomic_write_text, migrate_saved_config, read_json
 
 
 def decision_accuracy(small: list[float], large: list[float]) -> tuple[float, int]:
@@ -41,9 +41,9 @@ def validate_sweep(
     results_path, recipe_path = sweep / "results.json", sweep / "config.json"
     if not results_path.is_file() or not recipe_path.is_file():
         raise SlmError(f"{sweep} is not a finished mixture sweep (no results.json); run `slm mix run` first")
-    res = json.loads(results_path.read_text())
-    raw = json.loads(recipe_path.read_text())
-    small_cfg: Config = validate_config(raw, str(recipe_path))
+    res = read_json(results_path, "rerun `slm mix run` to rewrite it")
+    raw = migrate_saved_config(read_json(recipe_path, "rerun `slm mix run` to rewrite it"), sweep=True)
+    small_cfg: Config = validate_config(json.loads(json.dumps(raw)), str(recipe_path))
     for o in overrides:
         apply_override(raw, o)
     large_cfg: Config = validate_config(raw, "validate --set")
@@ -58,23 +58,14 @@ def validate_sweep(
         jobs_list.append(("large", name, sweep / "validate" / "large" / name))
         if name in ("chosen", "natural", "uniform"):
             jobs_list.append(("small", name, sweep / "validate" / "small" / name))
-    pending = [j for j in jobs_list if not finished(j[2], task)]
     cores = os.cpu_count() or 1
     jobs = jobs or 1  # larger models: one at a time with every core, unless told otherwise
-    threads = max(1, cores // jobs)
-    done = tracker(len(jobs_list), len(pending), [f"{scale} {name}" for scale, name, _ in pending], progress, log)
-
-    if pending:
-        cfgs = [
-            (
-                proxy_config(
-                    large_cfg if scale == "large" else small_cfg, mixtures[name], target, name
-                ).model_dump_json(),
-                f,
-            )
-            for scale, name, f in pending
-        ]
-        run_sweep(cfgs, jobs, threads, None, done)
+    cfgs = [
+        (proxy_config(large_cfg if scale == "large" else small_cfg, mixtures[name], target, name).model_dump_json(), f)
+        for scale, name, f in jobs_list
+    ]
+    names = [f"{scale} {name}" for scale, name, _ in jobs_list]
+    run_sweep(cfgs, names, task, jobs, max(1, cores // jobs), None, progress, log)
 
     def value(folder: Path) -> float | None:
         s = folder / "summary.json"

@@ -1,20 +1,16 @@
-"""Model weights on disk (safetensors) and loading a model from a run folder or checkpoint."""
+"""Model weights on disk (safetensors) and the checkpoints of a run folder."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
 
-from slm.config import Config
 from slm.errors import SlmError
 from slm.model.transformer import Transformer
 from slm.run import Run
-from slm.tokenizer import load_tokenizer
 
 WEIGHTS = "model.safetensors"
 
@@ -27,20 +23,40 @@ def weights_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return sd
 
 
-def save_weights(model: Transformer, path: Path) -> None:
-    save_file(weights_dict(model), str(path), metadata={"format": "pt", "slm": "1"})
+def save_weights(weights: Transformer | dict[str, torch.Tensor], path: Path) -> None:
+    """A model's weights, or a dict of tensors by slm name (any float dtype: imports keep the source's)."""
+    tensors = weights if isinstance(weights, dict) else weights_dict(weights)
+    save_file(tensors, str(path), metadata={"format": "pt", "slm": "1"})
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise SlmError(f"{path}: cannot read weights ({e}); the file is corrupt or incomplete") from None
+
+
+def load_state(model: Transformer, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Copy tensors into the model (each cast to the parameter's dtype), refusing any that do not fit."""
+    sd = dict(sd)
+    if model.cfg.tie_embeddings and "embed_tokens.weight" in sd:
+        sd["lm_head.weight"] = sd["embed_tokens.weight"]
+    own = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and own[k].shape != v.shape
+    ]
+    if wrong:
+        raise SlmError(
+            f"{source}: weights do not fit the model's shape ({wrong[0]}{' and more' if len(wrong) > 1 else ''}); "
+            "the config and the weights come from different models"
+        )
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise SlmError(f"{source}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def load_weights(model: Transformer, path: Path) -> None:
-    try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise SlmError(f"{path}: cannot read weights ({e}); the file is corrupt or incomplete") from None
-    if model.cfg.tie_embeddings:
-        sd["lm_head.weight"] = sd["embed_tokens.weight"]
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise SlmError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_state(model, read_weights(path), str(path))
 
 
 def is_run(path: Path) -> bool:
@@ -60,14 +76,3 @@ def resolve_checkpoint(path: str | Path) -> tuple[Run, Path]:
     if ckpt is None:
         raise SlmError(f"{p} has no complete checkpoint; train it first (`slm train`) or resume it (`--resume`)")
     return run, ckpt
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, Config, dict]:
-    run, ckpt = resolve_checkpoint(path)
-    cfg = run.load_config()
-    meta = json.loads((ckpt / "meta.json").read_text())
-    cfg.model.vocab_size = meta["vocab_size"]
-    model = Transformer(cfg.model)
-    load_weights(model, ckpt / WEIGHTS)
-    tok = load_tokenizer(run.tokenizer_path)
-    return model.to(device).eval(), tok, cfg, meta

@@ -49,7 +49,7 @@ def _load(path: Path) -> dict[str, Any]:
     }
 
 
-def _svg(fig) -> str:
+def svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
@@ -76,7 +76,7 @@ def _plot(runs: list[dict], key: str, x: str, title: str, ylabel: str, logy: boo
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _loss_plot(runs: list[dict]) -> str | None:
@@ -106,10 +106,10 @@ def _loss_plot(runs: list[dict]) -> str | None:
     ax.set_xlabel("tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def html_table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -126,7 +126,7 @@ def render(runs: list[dict]) -> str:
     ]
     parts.append("<h2>Summary</h2>")
     parts.append(
-        _table(
+        html_table(
             ["run", "val bits-per-byte", "val loss", "tokens", "steps", "train seconds", "parameters"],
             [
                 [
@@ -163,7 +163,7 @@ def render(runs: list[dict]) -> str:
     parts.append(
         "<h2>Evaluation</h2>"
         + (
-            _table(["run", "task / text", "metric", "value", "n"], eval_rows)
+            html_table(["run", "task / text", "metric", "value", "n"], eval_rows)
             if eval_rows
             else "<p class=muted>no evaluation yet: run `slm eval RUN`</p>"
         )
@@ -176,7 +176,7 @@ def render(runs: list[dict]) -> str:
                 [r["name"], split, _fmt(s.get("documents"), ","), _fmt(s.get("tokens"), ","), _fmt(s.get("bytes"), ",")]
             )
     parts.append(
-        _table(["run", "split", "documents", "tokens", "bytes"], data_rows)
+        html_table(["run", "split", "documents", "tokens", "bytes"], data_rows)
         if data_rows
         else "<p class=muted>shards outside the run folder</p>"
     )

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from slm.data.mixture import corpus_domains
 from slm.data.shards import FORMAT, Shards
 from slm.errors import SlmError
+from slm.model.load import load_model
+from slm.model.score import score
 from slm.run import atomic_dir, atomic_write_text, refuse_existing
 from slm.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -44,57 +44,17 @@ def units(spans: list[tuple[int, int]], max_tokens: int) -> list[tuple[int, int]
     return [(s, min(s + max_tokens, b)) for a, b in spans for s in range(a, b, max_tokens)]
 
 
-@torch.no_grad()
-def score_tokens(model, ids: np.ndarray, seq_len: int) -> tuple[float, int]:
-    """Summed NLL (nats) and count of predicted tokens of one document, in windows of seq_len."""
-    total, n = 0.0, 0
-    t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    for i in range(0, len(t) - 1, seq_len):
-        w = t[i : i + seq_len + 1]
-        if len(w) < 2:
-            break
-        logits, _ = model(w[None, :-1])
-        total += F.cross_entropy(logits[0].float(), w[1:], reduction="sum").item()
-        n += len(w) - 1
-    return total, n
-
-
-def score_all(
-    model, units: list[np.ndarray], seq_len: int, progress: Callable[[int, int], None] | None = None, batch: int = 16
-) -> list[float]:
-    """Mean NLL per predicted token of every unit. Units that fit one window and share a length (pieces of
-    --unit-tokens mostly do) go through the model together; the rest one by one, in windows."""
-    out = [0.0] * len(units)
-    by_len: dict[int, list[int]] = {}
-    for i, u in enumerate(units):
-        by_len.setdefault(len(u) if 2 <= len(u) <= seq_len + 1 else -1, []).append(i)
-    done = 0
-    for length, idx in by_len.items():
-        step = batch if length > 0 else 1
-        for k in range(0, len(idx), step):
-            chunk = idx[k : k + step]
-            if length > 0:
-                w = torch.from_numpy(np.stack([np.asarray(units[i], dtype=np.int64) for i in chunk]))
-                with torch.no_grad():
-                    logits, _ = model(w[:, :-1])
-                nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none").mean(1)
-                for i, v in zip(chunk, nll.tolist(), strict=True):
-                    out[i] = v
-            else:
-                total, n = score_tokens(model, units[chunk[0]], seq_len)
-                out[chunk[0]] = total / max(n, 1)
-            done += len(chunk)
-            if progress:
-                progress(done, len(units))
-    return out
-
-
-def keep_mask(scores: np.ndarray, sizes: np.ndarray, fraction: float, strategy: str, seed: int) -> np.ndarray:
-    """Keep documents holding `fraction` of the tokens, chosen by `strategy` over their scores."""
+def check_choice(fraction: float, strategy: str) -> None:
+    """Checked before any scoring: a bad argument must not cost minutes first."""
     if strategy not in STRATEGIES:
         raise SlmError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
     if not 0 < fraction <= 1:
         raise SlmError(f"--fraction must be in (0, 1] (got {fraction})")
+
+
+def keep_mask(scores: np.ndarray, sizes: np.ndarray, fraction: float, strategy: str, seed: int) -> np.ndarray:
+    """Keep documents holding `fraction` of the tokens, chosen by `strategy` over their scores."""
+    check_choice(fraction, strategy)
     if strategy == "random":
         order = np.random.default_rng(seed).permutation(len(scores))
     else:
@@ -126,41 +86,39 @@ def select(
 ) -> dict:
     """Score and keep units (documents, or pieces of unit_tokens); a kept piece that does not end its
     document gets a separator, so pieces from different places never run together in training."""
-    from contextlib import ExitStack
-
-    from slm.eval.evaluate import open_model
-
     if unit_tokens < 0:
         raise SlmError(f"--unit-tokens must be 0 (whole documents) or positive (got {unit_tokens})")
+    check_choice(fraction, strategy)
     refuse_existing(out, force)
     domains = corpus_domains(corpus)
     tok = load_tokenizer(corpus / "tokenizer.json")
-    with ExitStack() as stack:
-        model, ref_tok, _, _ = open_model(reference, stack)
-        model.eval()
-        same = tokenizer_hash(ref_tok) == tokenizer_hash(tok)
-        shards = {d: Shards.open(corpus / d) for d in domains}
-        eos = shards[domains[0]].manifest["eos_id"]
-        spans = {d: units(documents(shards[d].tokens("train"), eos), unit_tokens) for d in domains}
-        rows, encoded = [], []
-        seq = model.cfg.max_seq_len
-        for d in domains:
-            toks = shards[d].tokens("train")
-            for a, b in spans[d]:
-                ids = np.asarray(toks[a:b])
-                if not same:
-                    text = tok.decode(ids.tolist(), skip_special_tokens=True)
-                    enc = ref_tok.encode(text, add_special_tokens=False)
-                    if ref_tok.decode(enc.ids) != text:
-                        raise SlmError(
-                            f"the reference model's tokenizer cannot encode the corpus ({d}, document {len(rows)}); "
-                            "use a byte-level tokenizer or a model trained on this corpus"
-                        )
-                    ids = np.array(enc.ids, dtype=np.int64)
-                encoded.append(ids)
-                rows.append({"domain": d, "start": a, "end": b, "tokens": b - a})
-        for r, nll in zip(rows, score_all(model, encoded, seq, progress), strict=True):
-            r["nll"] = nll
+    loaded = load_model(reference)
+    model, ref_tok = loaded.model, loaded.tokenizer
+    same = tokenizer_hash(ref_tok) == tokenizer_hash(tok)
+    shards = {d: Shards.open(corpus / d) for d in domains}
+    eos = shards[domains[0]].manifest["eos_id"]
+    spans = {d: units(documents(shards[d].tokens("train"), eos), unit_tokens) for d in domains}
+    rows, encoded = [], []
+    seq = model.cfg.max_seq_len
+    for d in domains:
+        toks = shards[d].tokens("train")
+        for a, b in spans[d]:
+            ids = np.asarray(toks[a:b])
+            if not same:
+                text = tok.decode(ids.tolist(), skip_special_tokens=True)
+                enc = ref_tok.encode(text, add_special_tokens=False)
+                if ref_tok.decode(enc.ids) != text:
+                    raise SlmError(
+                        f"the reference model's tokenizer cannot encode the corpus ({d}, document {len(rows)}); "
+                        "use a byte-level tokenizer or a model trained on this corpus"
+                    )
+                ids = np.array(enc.ids, dtype=np.int64)
+            encoded.append(ids)
+            rows.append({"domain": d, "start": a, "end": b, "tokens": b - a})
+    # The reference model is only needed here: it is freed before the new corpus is written.
+    for r, (nll, n) in zip(rows, score(model, encoded, seq, progress=progress), strict=True):
+        r["nll"] = nll / max(n, 1)
+    del model, loaded
     scores = np.array([r["nll"] for r in rows])
     sizes = np.array([r["tokens"] for r in rows])
     mask = keep_mask(scores, sizes, fraction, strategy, seed)
@@ -230,7 +188,7 @@ def _histogram(rows: list[dict], mask: np.ndarray, path: Path, strategy: str, fr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slm.report.html import CSS, _svg, _table
+    from slm.report.html import CSS, html_table, svg
 
     domains = list(dict.fromkeys(r["domain"] for r in rows))
     scores = np.array([r["nll"] for r in rows])
@@ -246,7 +204,7 @@ def _histogram(rows: list[dict], mask: np.ndarray, path: Path, strategy: str, fr
     ax.set_ylabel("documents")
     ax.set_title(f"scores by domain; dashed: kept range ({strategy}, {fraction:.0%} of tokens)")
     ax.legend(fontsize=8)
-    table = _table(
+    table = html_table(
         ["domain", "documents", "kept"],
         [
             [
@@ -258,4 +216,4 @@ def _histogram(rows: list[dict], mask: np.ndarray, path: Path, strategy: str, fr
         ],
     )
     page = f"<!doctype html><html><head><meta charset=utf-8><title>slm select</title><style>{CSS}</style></head>"
-    atomic_write_text(path, page + f"<body><h1>slm select</h1>{_svg(fig)}{table}</body></html>\n")
+    atomic_write_text(path, page + f"<body><h1>slm select</h1>{svg(fig)}{table}</body></html>\n")

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from slm.errors import SlmError
 from slm.model.io import WEIGHTS, load_weights, save_weights
 from slm.model.transformer import Transformer
-from slm.run import Run, atomic_dir, atomic_write_text
+from slm.run import Run, atomic_dir, atomic_write_text, read_json
 
 STATE = "train_state.pt"
 
@@ -40,12 +41,27 @@ def save_checkpoint(
     return final
 
 
+def remove_stale_temporaries(run: Run) -> None:
+    """Half-written checkpoint folders left by a kill (their names start with a dot) are never read again."""
+    if run.ckpt_dir.is_dir():
+        for tmp in run.ckpt_dir.glob(".step_*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_checkpoint(ckpt: Path, model: Transformer, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     load_weights(model, ckpt / WEIGHTS)
-    state = torch.load(ckpt / STATE, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: a run folder is data, shared between people; unpickling it must never run code.
+        state = torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # an unpickling refusal, a truncated zip, an I/O error: all mean this file is unusable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SlmError(
+            f"{ckpt / STATE} cannot be loaded safely ({first}); it is damaged or not written by slm: "
+            "resume from an earlier checkpoint (remove this one) or start a new run"
+        ) from None
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return json.loads((ckpt / "meta.json").read_text())
+    return read_json(ckpt / "meta.json", f"the checkpoint is damaged; remove {ckpt} to resume from the one before")

@@ -1,5 +1,9 @@
 """The training loop, read straight down: set-up, optional resume, then step / log / evaluate / checkpoint.
 
+The loop owns the model, optimiser, schedule, DDP, checkpoints, metrics, evaluation and resume. What a step
+computes is the objective's (train/objective.py): next-token prediction for `slm train`, distillation for
+`slm distill`, and whatever comes next, without a branch here.
+
 Runs as one process, or as many under `torchrun` (DDP: gloo on CPU, NCCL on GPU). The global batch is
 batch_size x grad_accum sequences whatever the number of processes, and micro-batch i of step s is the
 same window set everywhere, so 1 process and N processes train the same model.
@@ -10,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -17,16 +22,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from slm.config import Config
 from slm.data.shards import Batcher
 from slm.errors import SlmError
-from slm.eval.bpb import evaluate_tokens, lm_metrics
+from slm.model.score import lm_metrics, tokens_bpb
 from slm.model.transformer import Transformer
-from slm.run import Run
+from slm.progress import progress as show_progress
+from slm.run import Run, read_json
 from slm.tokenizer import token_byte_lengths, tokenizer_hash
-from slm.train.checkpoint import load_checkpoint, save_checkpoint
+from slm.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from slm.train.objective import Env, Objective
+from slm.train.samples import write_samples
 from slm.train.schedule import lr_at
 from slm.train.setup import prepare_run
 from slm.train.tracking import Trackers
@@ -45,6 +52,13 @@ class Dist:
     @property
     def master(self) -> bool:
         return self.rank == 0
+
+    def rank0_first(self, fn: Callable[[], Any]) -> Any:
+        """Rank 0 runs fn (which may write shared files), then the others do, reading what it wrote."""
+        out = fn() if self.master else None
+        if self.world > 1:
+            dist.barrier()
+        return out if self.master else fn()
 
 
 def init_distributed() -> Dist:
@@ -92,110 +106,105 @@ def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> tor
         return torch.optim.AdamW(groups, **kwargs)
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]step {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
+def vocab_size_for(cfg: Config, tok) -> int:
+    """tokenizer.vocab_size, or the tokenizer's own size when unset; never fewer rows than tokens."""
+    have = tok.get_vocab_size(with_added_tokens=True)
+    want = cfg.tokenizer.vocab_size or have
+    if want < have:
+        raise SlmError(
+            f"tokenizer.vocab_size={want} is smaller than the tokenizer's {have} tokens; "
+            "leave it unset to follow the tokenizer"
+        )
+    return want
 
 
-def train(cfg: Config, run: Run, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
+def train(
+    cfg: Config,
+    run: Run,
+    objective: Objective | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+) -> dict:
     console = console or Console()
+    objective = objective or Objective(cfg)
     d = init_distributed()
     device = pick_device(d)
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    say = console.print if d.master else (lambda *a, **k: None)
-
-    # ---- distillation: the student adopts the teacher's tokenizer (rank 0 imports an outside teacher first)
-    kd = None
-    if cfg.distill.enabled:
-        from slm.distill.step import Distiller
-
-        if d.master:
-            kd = Distiller(cfg, run, say)
-        if d.world > 1:
-            dist.barrier()
-        if not d.master:
-            kd = Distiller(cfg, run, say)
-        kd.adopt_tokenizer(cfg)
+    say: Callable[[str], None] = (
+        (lambda m: console.print(m, markup=False, highlight=False)) if d.master else (lambda m: None)
+    )
+    if cfg.train.grad_accum % d.world:
+        raise SlmError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of the {d.world} processes")
+    if resume and run.latest_checkpoint() is None:
+        raise SlmError(f"{run.path} has no complete checkpoint to resume from; start it without --resume")
 
     # ---- data and tokenizer (rank 0 prepares; the others wait and then read the same files)
-    if d.master:
-        tok, shards = prepare_run(cfg, run, log=say)
-    if d.world > 1:
-        dist.barrier()
-    if not d.master:
-        tok, shards = prepare_run(cfg, run, log=lambda _: None)
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    elif cfg.model.vocab_size < tok.get_vocab_size(with_added_tokens=True):
-        raise SlmError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-            f"{tok.get_vocab_size(with_added_tokens=True)}; set it to 0 to follow the tokenizer"
-        )
-    if d.master:
-        run.save_config(cfg)
+    d.rank0_first(lambda: objective.prepare(cfg, run, say))
+    tok, shards = d.rank0_first(lambda: prepare_run(cfg, run, log=say))
+    cfg.tokenizer.vocab_size = vocab_size_for(cfg, tok)
     seq_len = cfg.seq_len
     val_tokens = shards.tokens("val")
     batcher = shards.batcher(seq_len, cfg.train.batch_size, cfg.train.seed)
     Batcher(val_tokens, seq_len, 1, 0, split="val")  # fail now, not at the first evaluation
     byte_lengths = token_byte_lengths(tok)
-    if cfg.train.grad_accum % d.world:
-        raise SlmError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of the {d.world} processes")
     accum = cfg.train.grad_accum // d.world
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * seq_len
     autocast, dtype_name = autocast_for(cfg.train.dtype, device)
-    if kd is not None:
-        for rank_turn in (True, False):  # rank 0 builds a missing teacher cache before the others read it
-            if d.master == rank_turn:
-                kd.setup(shards, tok, seq_len, device, dtype_name)
-            if d.world > 1:
-                dist.barrier()
+    env = Env(cfg, run, tok, shards, batcher, seq_len, device, dtype_name, say)
+    d.rank0_first(lambda: objective.setup(env))
 
-    # ---- model and optimizer
+    # ---- model and optimizer; a resume is checked before anything in the run folder changes
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(cfg.model).to(device)
-    if kd is not None and not resume:
-        kd.init_student(model, device)
+    model = Transformer(cfg.model, cfg.tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, cfg, device)
-    start_step, best_meta = 0, {}
+    start_step, meta = 0, {}
     if resume:
         ckpt = run.latest_checkpoint()
-        if ckpt is None:
-            raise SlmError(f"{run.path} has no complete checkpoint to resume from; start it without --resume")
-        best_meta = load_checkpoint(ckpt, model, optimizer)
-        if best_meta.get("tokenizer_hash") != tokenizer_hash(tok):
+        assert ckpt is not None
+        meta = read_json(ckpt / "meta.json", f"the checkpoint is damaged; remove {ckpt} to resume from the one before")
+        if meta.get("objective", objective.name) != objective.name:
+            raise SlmError(
+                f"{run.path} was trained with the {meta['objective']} objective; resume it with the command that "
+                f"started it (slm {'distill' if meta['objective'] == 'distill' else 'train'} --resume)"
+            )
+        if meta.get("tokenizer_hash") != tokenizer_hash(tok):
             raise SlmError(f"{ckpt} was trained with another tokenizer than {run.tokenizer_path}")
-        start_step = best_meta["step"]
-        if kd is not None:
-            kd.load_state(best_meta.get("distill"))
-        if d.master:
-            run.truncate_metrics(start_step)
+        start_step = meta["step"]
+        if cfg.train.max_steps < start_step:
+            raise SlmError(
+                f"train.max_steps={cfg.train.max_steps} is below the checkpoint's step {start_step}; "
+                f"set train.max_steps to {start_step} or more"
+            )
+        load_checkpoint(ckpt, model, optimizer)
+        objective.load_state(meta.get("objective_state", meta.get("distill")) or {})
         say(f"resuming {run.path} from step {start_step}")
-    elif d.master and run.metrics_path.exists():
-        run.metrics_path.unlink()
+    else:
+        objective.init_model(model)
+    if d.master:
+        run.save_config(cfg)
+        remove_stale_temporaries(run)
+        if resume:
+            run.truncate_metrics(start_step)
+        elif run.metrics_path.exists():
+            run.metrics_path.unlink()
+    if resume and start_step == cfg.train.max_steps and run.summary_path.is_file():
+        say(f"{run.path} has already run its {start_step} steps; raise train.max_steps to train further")
+        return read_json(run.summary_path, "remove it and resume again to rewrite it")
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     raw_model: Transformer = getattr(model, "_orig_mod", model)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    forward = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     say(
         f"model: {raw_model.num_params(False) / 1e6:.2f}M parameters "
-        f"({raw_model.num_params() / 1e6:.2f}M non-embedding), {dtype_name}, "
+        f"({raw_model.num_params() / 1e6:.2f}M non-embedding), {dtype_name}, objective {objective.name}, "
         f"{tokens_per_step:,} tokens/step, {d.world} process(es), {threads} thread(s) each"
     )
 
     def evaluate(max_tokens: int | None, tokens: Any = None) -> dict[str, float]:
-        return evaluate_tokens(
+        return tokens_bpb(
             raw_model,
             val_tokens if tokens is None else tokens,
             byte_lengths,
@@ -225,28 +234,37 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
         meta = {
             "tokens_seen": step * tokens_per_step,
-            "vocab_size": cfg.model.vocab_size,
+            "vocab_size": cfg.tokenizer.vocab_size,
             "tokenizer_hash": tokenizer_hash(tok),
             "val_loss": val and val["loss"],
             "val_bpb": val and val["bpb"],
+            "objective": objective.name,
+            "objective_state": objective.state(),
         }
-        if kd is not None:
-            meta["distill"] = kd.state()
+        if not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters()):
+            last = run.latest_checkpoint()
+            raise TrainingDiverged(
+                f"the weights hold NaN or infinity at step {step}; not saved. Last good checkpoint: "
+                f"{last or 'none'}. Lower train.lr or enable train.z_loss, then --resume"
+            )
         try:
             save_checkpoint(run, raw_model, optimizer, step, meta, cfg.train.keep_checkpoints)
-        except OSError as e:
+        except Exception as e:  # torch and safetensors raise their own types for a full disk, not only OSError
             last = run.latest_checkpoint()
+            why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise SlmError(
-                f"writing the checkpoint at step {step} failed ({e.strerror or e}); "
+                f"writing the checkpoint at step {step} failed ({why}); "
                 f"the previous checkpoint {last.name if last else '(none)'} is intact: free space and --resume"
             ) from None
 
     # ---- the loop
     model.train()
-    t_start = time.perf_counter()
+    before = [m for m in run.metrics() if "loss" in m and m.get("step", 0) <= start_step] if resume else []
+    # A resumed run's clock and last loss continue from its log, so its summary covers the whole run.
+    t_start = time.perf_counter() - (before[-1].get("elapsed", 0.0) if before else 0.0)
     t_log, tokens_since_log = time.perf_counter(), 0
     last_val: dict[str, float] | None = None
-    loss_val = float("nan")
+    loss_val = before[-1]["loss"] if before else float("nan")
     trackers = Trackers(cfg, run) if d.master else None
 
     def log(record: dict[str, Any]) -> None:
@@ -254,8 +272,16 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
         if trackers is not None:
             trackers.log(record)
 
-    bar = _progress(console, progress and d.master)
-    task = bar.add_task("train", total=cfg.train.max_steps, completed=start_step, loss="-", tps="-")
+    bar = show_progress(
+        console,
+        "step",
+        cfg.train.max_steps,
+        ["loss {loss}", "{tps} tok/s"],
+        enabled=progress and d.master,
+        loss="-",
+        tps="-",
+    )
+    bar.update(completed=start_step)
     try:
         with bar:
             for step in range(start_step, cfg.train.max_steps):
@@ -264,17 +290,10 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                     g["lr"] = lr
                 loss_sum = torch.zeros((), device=device)
                 for micro in range(accum):
-                    if kd is None:
-                        x, y = batcher.batch(step, micro * d.world + d.rank)
-                    else:
-                        x, y, teacher_rows = kd.batch(batcher, step, micro * d.world + d.rank)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    batch = objective.batch(step, micro * d.world + d.rank).to(device)
                     sync = d.world == 1 or micro == accum - 1
-                    with nullcontext() if sync else ddp_model.no_sync(), autocast:
-                        if kd is None:
-                            _, loss = ddp_model(x, y, z_loss=cfg.train.z_loss)
-                        else:
-                            loss = kd.loss(ddp_model, raw_model, x, y, teacher_rows)
+                    with nullcontext() if sync else forward.no_sync(), autocast:
+                        loss = objective.loss(forward, raw_model, batch)
                     (loss / accum).backward()
                     loss_sum += loss.detach()
                 loss_val = (loss_sum / accum).item()
@@ -291,7 +310,7 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                 )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                kd_metrics = kd.end_step(step, loss_val) if kd is not None else {}
+                extra = objective.end_step(step, loss_val)
                 done = step + 1
                 tokens_since_log += tokens_per_step
 
@@ -313,15 +332,12 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                                 "grad_norm": gnorm,
                                 "tokens_per_sec": tps,
                                 "elapsed": now - t_start,
-                                **kd_metrics,
+                                **extra,
                             }
                         )
-                    bar.update(task, completed=done, loss=f"{loss_val:.3f}", tps=f"{tps:,.0f}")
-                    if d.master and not console.is_terminal and done % (5 * cfg.train.log_every) == 0:
-                        # No live bar in a log file or CI: a plain line now and then instead.
-                        console.print(f"step {done}/{cfg.train.max_steps}: loss {loss_val:.3f}, {tps:,.0f} tok/s")
+                    bar.update(completed=done, loss=f"{loss_val:.3f}", tps=f"{tps:,.0f}")
                 else:
-                    bar.update(task, completed=done)
+                    bar.update(completed=done)
 
                 if d.master and (done % cfg.train.eval_every == 0 or done == cfg.train.max_steps):
                     t_eval = time.perf_counter()
@@ -334,7 +350,7 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
                             "val_bpb": last_val["bpb"],
                         }
                     )
-                    bar.console.print(
+                    bar.print(
                         f"step {done}: train loss {loss_val:.3f}, val loss {last_val['loss']:.3f}, "
                         f"val bpb {last_val['bpb']:.3f}"
                     )
@@ -348,7 +364,7 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
     summary: dict[str, Any] = {
         "steps": cfg.train.max_steps,
         "tokens": cfg.train.max_steps * tokens_per_step,
-        "train_loss": loss_val,
+        "train_loss": loss_val if math.isfinite(loss_val) else None,
         "train_seconds": elapsed,
     }
     if d.master:
@@ -366,6 +382,8 @@ def train(cfg: Config, run: Run, resume: bool = False, console: Console | None =
             }
         )
         run.write_summary(summary)
+        if cfg.sample.prompts:
+            summary["samples"] = write_samples(raw_model, tok, cfg, run)
     if d.world > 1:
         dist.barrier()
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,11 +21,16 @@ def train_tokenizer_from_inputs(cfg: Config) -> Tokenizer:
     stats = ReadStats()
     held = {p.resolve() for p in expand_inputs(cfg.data.val_inputs)} if cfg.data.val_inputs else set()
     files = [p for p in expand_inputs(cfg.data.inputs, stats) if p.resolve() not in held]
-    docs = list(read_documents(files, stats))
+    t = cfg.tokenizer
+    budget, used, docs = t.sample_mb * 1e6, 0, []
+    for doc in read_documents(files, stats):
+        docs.append(doc)
+        used += len(doc)
+        if used >= budget:
+            break
     if not docs:
         raise SlmError(f"no text found in {cfg.data.inputs}: every file was empty or binary")
-    t = cfg.tokenizer
-    return train_tokenizer(docs, t.vocab_size, t.min_frequency, t.eos_token)
+    return train_tokenizer(docs, t.vocab_size or 4096, t.min_frequency, t.eos_token)
 
 
 def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tuple[Tokenizer, Shards]:
@@ -38,7 +44,7 @@ def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tu
         elif cfg.data.shards:
             tok = load_tokenizer(Path(cfg.data.shards) / "tokenizer.json")
         else:
-            log(f"training a byte-level BPE tokenizer (vocab {cfg.tokenizer.vocab_size}) on {cfg.data.inputs}")
+            log(f"training a byte-level BPE tokenizer (vocab {cfg.tokenizer.vocab_size or 4096}) on {cfg.data.inputs}")
             tok = train_tokenizer_from_inputs(cfg)
         atomic_write_text(run.tokenizer_path, tok.to_str(pretty=True))
     corpus = bool(cfg.data.shards) and is_corpus(Path(cfg.data.shards))
@@ -68,3 +74,22 @@ def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tu
         shards = Shards.open(run.data_dir)
     shards.check_tokenizer(tok)
     return tok, shards
+
+
+def write_tokenizer(inputs: list[str], out: Path, vocab_size: int, min_frequency: int, force: bool) -> Tokenizer:
+    """`slm tokenizer train`: a byte-level BPE trained on text files, written to `out`."""
+    from slm.config import load_config
+    from slm.run import refuse_existing
+
+    refuse_existing(out, force)
+    cfg = load_config(
+        None,
+        [
+            f"data.inputs={json.dumps(inputs)}",
+            f"tokenizer.vocab_size={vocab_size}",
+            f"tokenizer.min_frequency={min_frequency}",
+        ],
+    )
+    tok = train_tokenizer_from_inputs(cfg)
+    atomic_write_text(out, tok.to_str(pretty=True))
+    return tok

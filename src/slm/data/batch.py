@@ -1,0 +1,35 @@
+"""The one shape of a training micro-batch, whatever made it: random windows of a shard, a mixture of
+domains, windows with their cached teacher distributions, and (next) conversations with a loss mask.
+
+Positions that take no loss hold IGNORE in `targets`; the loss is averaged over the others, so a mask is
+never a second tensor that could disagree with the targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+IGNORE = -100  # the target of a position that takes no loss (PyTorch's ignore_index default)
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (B, T) token ids
+    targets: torch.Tensor  # (B, T) the next token at each position, or IGNORE
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # cached top-k (ids, log-probs): (B, T, k) each
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        return self.targets != IGNORE
+
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        teacher = None if self.teacher is None else (move(self.teacher[0]), move(self.teacher[1]))
+        return replace(self, inputs=move(self.inputs), targets=move(self.targets), teacher=teacher)
+
+
+def windows(rows: torch.Tensor) -> Batch:
+    """Inputs and next-token targets of (B, T + 1) token windows."""
+    return Batch(rows[:, :-1], rows[:, 1:])

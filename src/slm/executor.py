@@ -1,0 +1,141 @@
+"""The one executor of independent jobs: the data pipeline's input files, a mixture sweep's proxies, and any
+later set of jobs that share nothing while they run (sweeps, synthetic-data shards).
+
+    run_jobs(fn, [args0, args1, ...], workers=2, done=lambda i, outcome: ..., finished=lambda i: marker(i).exists())
+
+Jobs run in long-lived local worker processes (one import of torch per worker, not per job), in this
+process when workers is 1, or as Ray tasks given a cluster address. A job that raises is an Outcome with
+its reason and traceback, not the end of the run; a worker that dies (killed, out of memory, a crash)
+breaks a local pool, so the jobs then in flight run again one at a time and the one that dies again is
+the one recorded as failed. A job whose finished marker already exists is not run again, so a killed
+run resumes where it stopped. Workers die with the process that started them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from slm.errors import SlmError
+
+DIED = "the worker process died (killed, out of memory or crashed)"
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    value: Any = None
+    reason: str = ""
+    trace: str = ""
+    skipped: bool = False  # finished before this run: its marker existed
+
+
+def _call(fn: Callable[..., Any], args: tuple) -> Outcome:
+    try:
+        return Outcome(True, fn(*args))
+    except Exception as e:  # a failed job is data for the caller, not the end of the run
+        return Outcome(False, reason=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
+
+
+def _worker_init(threads: int) -> None:
+    # Set before torch is first imported in this worker (jobs that train import it), so its thread pools
+    # are sized once; jobs that never touch torch do not pay for importing it.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:  # Linux: this worker gets SIGKILL when its parent dies, so a killed run leaves no orphans
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_jobs(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple],
+    workers: int,
+    done: Callable[[int, Outcome], None],
+    finished: Callable[[int], bool] | None = None,
+    threads: int = 1,
+    ray_address: str | None = None,
+    gpus: float = 0.0,
+    max_tasks_per_worker: int | None = None,
+) -> None:
+    """Call fn(*jobs[i]) for every i not yet finished; done(i, outcome) as each ends, in completion order.
+    fn must be importable by name (a module-level function) to run in other processes."""
+    pending = []
+    for i in range(len(jobs)):
+        if finished is not None and finished(i):
+            done(i, Outcome(True, skipped=True))
+        else:
+            pending.append(i)
+    if not pending:
+        return
+    if ray_address:
+        _ray(fn, jobs, pending, done, threads, ray_address, gpus)
+    elif workers <= 1:
+        for i in pending:
+            done(i, _call(fn, jobs[i]))
+    else:
+        _pool(fn, jobs, pending, workers, done, threads, max_tasks_per_worker)
+
+
+def _pool(fn, jobs, pending: list[int], workers: int, done, threads: int, max_tasks: int | None) -> None:
+    queue = list(pending)
+    ctx = mp.get_context("spawn")  # not fork: the parent may hold thread pools that do not survive a fork
+    while queue:
+        suspects: list[int] = []
+        width = min(workers, len(queue))
+        with ProcessPoolExecutor(
+            width, mp_context=ctx, initializer=_worker_init, initargs=(threads,), max_tasks_per_child=max_tasks
+        ) as pool:
+            running: dict[Future, int] = {}
+            while running or (queue and not suspects):
+                while queue and len(running) < width and not suspects:
+                    i = queue.pop(0)
+                    running[pool.submit(_call, fn, jobs[i])] = i
+                ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in ended:
+                    i = running.pop(fut)
+                    try:
+                        done(i, fut.result())
+                    except BrokenProcessPool:
+                        suspects.append(i)
+        if suspects and width <= 1:  # a pool of one: the death is this job's
+            done(suspects[0], Outcome(False, reason=DIED))
+        else:
+            for i in sorted(suspects):
+                _pool(fn, jobs, [i], 1, done, threads, max_tasks)
+
+
+def _ray(fn, jobs, pending: list[int], done, threads: int, address: str, gpus: float) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise SlmError("a Ray address is set but Ray is not installed: pip install 'slm[cluster]'") from None
+    ray.init(
+        address=None if address == "local" else address,
+        ignore_reinit_error=True,
+        log_to_driver=False,
+        include_dashboard=False,
+    )
+    # Paths in the jobs must be on storage every node sees (NFS, a mounted bucket).
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_call)
+    futures = {remote.remote(fn, jobs[i]): i for i in pending}
+    while futures:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        for r in ready:
+            i = futures.pop(r)
+            try:
+                out = ray.get(r)
+            except ray.exceptions.RayError as e:  # the task's process died: recorded like any failure
+                out = Outcome(False, reason=f"{DIED}: {type(e).__name__}")
+            done(i, out)

@@ -1,0 +1,317 @@
+"""The generation engine: many sequences decoded together with one KV cache, continuous batching.
+
+    with Engine(model, tokenizer, stop_ids={eos}) as engine:
+        done = engine.run(["Once upon a time", "def main("], SamplingParams(max_tokens=64, temperature=0))
+    # or: engine.submit(prompt, params) ... for event in engine.stream(): ...   (per-sequence text as it comes)
+
+Each sequence owns one row of the cache and decodes at its own position, so prompts of any lengths share a
+batch without padding the cache. Every step first admits waiting sequences into free rows (their prompts
+run together, right-padded, when that wastes little), then decodes one token for every row; a sequence
+that finishes leaves at the end of the step and the last row moves into its place, so rows 0..n-1 are
+always the live ones. Each sequence has its own sampling parameters and seed, so its text does not depend
+on which others share its batch, and greedy decoding of a batch gives what each prompt gives alone.
+
+A sequence that reaches the model's context keeps going from the last half of its context (the cache of
+its row is refilled), as `slm generate` always has.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tokenizers import Tokenizer
+
+from slm.config import SamplingParams
+from slm.errors import SlmError
+from slm.infer.sampling import check_finite, choose
+from slm.infer.text import IncrementalText
+from slm.model.transformer import KVCache, Transformer
+
+ROUND = 64  # cache lengths grow in steps of this many positions
+
+
+@dataclass
+class Event:
+    """What one step did for one sequence: its new tokens and text; finish_reason once it ends."""
+
+    id: int
+    text: str
+    tokens: list[int]
+    finish_reason: str | None = None  # "stop" (end-of-text token or stop string) or "length"
+
+
+@dataclass
+class Completion:
+    id: int
+    prompt_tokens: int
+    tokens: list[int]  # generated ids, the end-of-text token included when one ended the sequence
+    text: str  # the generated text, cut before a stop string, without the end-of-text token
+    finish_reason: str
+    logprobs: list[float] | None  # log-probability of each generated token (SamplingParams.logprobs)
+    time_to_first_token: float
+    seconds: float
+
+
+@dataclass
+class _Seq:
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    text: IncrementalText
+    generator: torch.Generator | None
+    t_submit: float
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    pending: int | None = None  # the last token chosen, not yet in the cache
+    length: int = 0  # cache positions this sequence's row holds
+    t_first: float | None = None
+    t_done: float | None = None
+
+    def completion(self) -> Completion:
+        assert self.finish_reason is not None and self.t_done is not None
+        first = self.t_first if self.t_first is not None else self.t_done  # cancelled before its first token
+        return Completion(
+            self.id,
+            len(self.prompt),
+            self.tokens,
+            self.text.text,
+            self.finish_reason,
+            self.logprobs if self.params.logprobs else None,
+            first - self.t_submit,
+            self.t_done - self.t_submit,
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        stop_ids: Iterable[int] = (),
+        max_batch: int = 32,
+        prefill_tokens: int = 2048,
+        pack: bool | None = None,
+    ):
+        """stop_ids: tokens that end a sequence (end-of-text). prefill_tokens: positions, padding included,
+        one prompt batch may hold. pack: keep decoding copies of the weights (default: on CPU, see
+        Transformer.pack); close() drops them."""
+        if max_batch < 1:
+            raise SlmError(f"max_batch must be at least 1 (got {max_batch})")
+        self.model, self.tok = model.eval(), tokenizer
+        self.stop_ids = set(stop_ids)
+        self.max_batch, self.prefill_tokens = max_batch, prefill_tokens
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.limit = model.cfg.max_seq_len
+        self.packed = self.device.type == "cpu" if pack is None else pack
+        if self.packed:
+            model.pack()
+        self.cache: KVCache | None = None
+        self.rows: list[_Seq] = []
+        self.waiting: deque[_Seq] = deque()
+        self.finished: dict[int, _Seq] = {}
+        self.next_id = 0
+        self.steps = 0
+
+    def close(self) -> None:
+        if self.packed:
+            self.model.unpack()
+            self.packed = False
+        self.cache = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- requests
+
+    def submit(self, prompt: str | list[int], params: SamplingParams | None = None, truncate: bool = False) -> int:
+        """Queue a sequence; returns its id. A prompt longer than the context is refused, or with truncate
+        keeps its last tokens."""
+        params = params or SamplingParams()
+        ids = self.tok.encode(prompt, add_special_tokens=False).ids if isinstance(prompt, str) else list(prompt)
+        if not ids:  # an empty prompt starts a new document
+            ids = [next(iter(sorted(self.stop_ids)), 0)]
+        vocab = self.model.vocab_size
+        if max(ids) >= vocab or min(ids) < 0:
+            raise SlmError(f"prompt token id {max(ids)} is outside the model's vocabulary of {vocab}")
+        if len(ids) >= self.limit:
+            if not truncate:
+                raise SlmError(
+                    f"the prompt has {len(ids)} tokens; the model's context holds {self.limit} "
+                    "(prompt and at least one new token): shorten it or ask for truncation"
+                )
+            ids = ids[-(self.limit - 1) :]
+        gen = None
+        if params.temperature > 0:
+            gen = torch.Generator(device="cpu")
+            if params.seed is not None:
+                gen.manual_seed(params.seed)
+            else:
+                gen.seed()
+        seq = _Seq(self.next_id, ids, params, IncrementalText(self.tok, ids, params.stop), gen, time.perf_counter())
+        self.next_id += 1
+        self.waiting.append(seq)
+        return seq.id
+
+    def cancel(self, seq_id: int) -> None:
+        """Stop a sequence now (a client went away): its row is free after this step."""
+        for s in list(self.waiting):
+            if s.id == seq_id:
+                self.waiting.remove(s)
+        for s in self.rows:
+            if s.id == seq_id and s.finish_reason is None:
+                s.finish_reason, s.t_done = "cancelled", time.perf_counter()
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.rows)
+
+    def run(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+        """Generate for every prompt (one SamplingParams for all, or one each); completions in prompt order."""
+        each = params if isinstance(params, list) else [params] * len(prompts)
+        if len(each) != len(prompts):
+            raise SlmError(f"{len(prompts)} prompts but {len(each)} sampling parameter sets")
+        ids = [self.submit(p, q) for p, q in zip(prompts, each, strict=True)]
+        while self.has_work:
+            self.step()
+        return [self.finished.pop(i).completion() for i in ids]
+
+    def stream(self) -> Iterator[Event]:
+        """Step until every submitted sequence is done, yielding each step's events as they happen."""
+        while self.has_work:
+            yield from self.step()
+
+    def result(self, seq_id: int) -> Completion:
+        return self.finished.pop(seq_id).completion()
+
+    # ---------------------------------------------------------------- one step
+
+    @torch.no_grad()
+    def step(self) -> list[Event]:
+        events: list[Event] = []
+        self._admit(events)
+        for i, s in enumerate(self.rows):
+            if s.finish_reason is None and s.length >= self.limit:
+                self._prefill(i, [s], [self._context(s)], events)
+        self._retire()
+        if self.rows:
+            self._decode(events)
+        self._retire()
+        self.steps += 1
+        return events
+
+    def _context(self, s: _Seq) -> list[int]:
+        """What a row at the context limit continues from: the last half-window of prompt and generation."""
+        return (s.prompt + s.tokens)[-(self.limit // 2) :]
+
+    def _admit(self, events: list[Event]) -> None:
+        room = self.max_batch - len(self.rows)
+        if not room or not self.waiting:
+            return
+        group: list[_Seq] = []
+        while self.waiting and room:
+            s = self.waiting[0]
+            longest = max([len(s.prompt), *(len(g.prompt) for g in group)])
+            if group and (len(group) + 1) * longest > self.prefill_tokens:
+                self._prefill(len(self.rows), group, [g.prompt for g in group], events)
+                group = []
+            group.append(self.waiting.popleft())
+            room -= 1
+        if group:
+            self._prefill(len(self.rows), group, [g.prompt for g in group], events)
+
+    def _prefill(self, row: int, seqs: list[_Seq], contexts: list[list[int]], events: list[Event]) -> None:
+        """Run contexts into rows row.. (new rows when row == len(self.rows)) and choose each next token.
+        Right padding is harmless: causal attention keeps it out of every real position, and decoding
+        overwrites it (each row's keys beyond its length are never read)."""
+        new = row == len(self.rows)
+        need = max(min(self.limit, len(c) + s.params.max_tokens) for s, c in zip(seqs, contexts, strict=True))
+        self._ensure(row + len(seqs), need)
+        assert self.cache is not None
+        if new:
+            self.rows.extend(seqs)
+        width = max(len(c) for c in contexts)
+        x = torch.tensor([c + [c[-1]] * (width - len(c)) for c in contexts], device=self.device)
+        h = self.model.hidden(x, cache=self.cache.rows(row, row + len(seqs)))
+        last = torch.tensor([len(c) - 1 for c in contexts], device=self.device)
+        logits = self.model.logits(h[torch.arange(len(seqs), device=self.device), last])
+        for s, c in zip(seqs, contexts, strict=True):
+            s.length = len(c)
+        self._choose(seqs, logits, events, "prefill")
+
+    def _decode(self, events: list[Event]) -> None:
+        assert self.cache is not None
+        n = len(self.rows)
+        x = torch.tensor([[s.pending] for s in self.rows], device=self.device)
+        h = self.model.hidden(x, cache=self.cache.rows(0, n), positions=[s.length for s in self.rows])
+        logits = self.model.logits(h[:, 0])
+        for s in self.rows:
+            s.length += 1
+        self._choose(self.rows, logits, events, f"decode step {self.steps}")
+
+    def _choose(self, seqs: list[_Seq], logits: torch.Tensor, events: list[Event], where: str) -> None:
+        check_finite(logits, where)
+        picks = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        lps = None
+        if any(s.params.logprobs for s in seqs):
+            lps = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(picks, device=logits.device)[:, None])
+            lps = lps[:, 0].tolist()
+        now = time.perf_counter()
+        for i, (s, t) in enumerate(zip(seqs, picks, strict=True)):
+            s.tokens.append(t)
+            if lps is not None:
+                s.logprobs.append(lps[i])
+            if s.t_first is None:
+                s.t_first = now
+            if t in self.stop_ids:
+                s.finish_reason = "stop"
+            else:
+                s.text.add(t)
+                if s.text.stopped_by is not None:
+                    s.finish_reason = "stop"
+                elif len(s.tokens) >= s.params.max_tokens:
+                    s.finish_reason = "length"
+            if s.finish_reason is not None:
+                if s.text.stopped_by is None:
+                    s.text.add(None)  # anything held back as half a character
+                s.t_done = now
+            s.pending = t
+            events.append(Event(s.id, s.text.take(final=s.finish_reason is not None), [t], s.finish_reason))
+
+    def _retire(self) -> None:
+        """Finished rows leave; the last live row moves into each hole, so rows stay 0..n-1."""
+        for i in range(len(self.rows) - 1, -1, -1):
+            s = self.rows[i]
+            if s.finish_reason is None:
+                continue
+            last = len(self.rows) - 1
+            if i != last and self.cache is not None:
+                n = self.rows[last].length
+                for buf in (*self.cache.k, *self.cache.v):
+                    buf[i, :, :n] = buf[last, :, :n]
+                self.rows[i] = self.rows[last]
+            self.rows.pop()
+            self.finished[s.id] = s
+
+    def _ensure(self, rows: int, length: int) -> None:
+        """A cache with at least `rows` rows and `length` positions, keeping what the current one holds."""
+        old = self.cache
+        if old is not None and old.k[0].size(0) >= rows and old.length >= length:
+            return
+        have_rows = old.k[0].size(0) if old is not None else 0
+        new_rows = min(self.max_batch, max(rows, 2 * have_rows))
+        new_len = min(self.limit, max(old.length if old is not None else 0, -(-length // ROUND) * ROUND))
+        cache = KVCache(self.model.cfg, new_rows, new_len, self.dtype, self.device)
+        if old is not None and self.rows:
+            n, used = len(self.rows), max(s.length for s in self.rows)
+            for dst, src in zip((*cache.k, *cache.v), (*old.k, *old.v), strict=True):
+                dst[:n, :, :used] = src[:n, :, :used]
+        self.cache = cache

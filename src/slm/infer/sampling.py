@@ -1,0 +1,64 @@
+"""Choosing the next token of each sequence from its logits, each with its own sampling parameters.
+
+Greedy rows are decided together (one argmax); sampled rows each draw from their own generator, so a
+sequence's text depends on its seed alone, never on which other sequences share its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import ValidationError
+
+from slm.config import SamplingParams
+from slm.errors import SlmError
+
+
+def sampling_params(**fields) -> SamplingParams:
+    """SamplingParams from loose values (CLI options, request fields): a bad value is one line naming it."""
+    try:
+        return SamplingParams(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = ".".join(str(x) for x in first["loc"])
+        raise SlmError(f"sampling parameter {name}: {first['msg'].lower()} (got {first.get('input')!r})") from None
+
+
+def filtered_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The distribution a (V,) logit row is sampled from: temperature, then top-k, then top-p."""
+    logits = logits.float() / p.temperature
+    if p.top_k is not None and p.top_k < logits.numel():
+        kth = torch.topk(logits, p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if p.top_p is not None and p.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        drop = sorted_p.cumsum(0) - sorted_p >= p.top_p
+        sorted_p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return probs
+
+
+def choose(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
+    """One token id per row of (n, V) logits."""
+    out = [0] * len(params)
+    greedy = [i for i, p in enumerate(params) if p.temperature == 0]
+    if greedy:
+        picks = logits[greedy].argmax(dim=-1).tolist()
+        for i, t in zip(greedy, picks, strict=True):
+            out[i] = t
+    for i, p in enumerate(params):
+        if p.temperature == 0:
+            continue
+        probs = filtered_probs(logits[i].cpu(), p)
+        out[i] = int(torch.multinomial(probs, 1, generator=generators[i]))
+    return out
+
+
+def check_finite(logits: torch.Tensor, where: str) -> None:
+    bad = ~torch.isfinite(logits).all(dim=-1)
+    if bool(bad.any()):
+        raise SlmError(
+            f"the model produced non-finite logits ({where}); its weights or inputs hold NaN or infinity: "
+            "check the checkpoint (an earlier one may be intact)"
+        )
