@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,42 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
     r = slm("prepare", str(tmp_path), "-t", str(tmp_path / "no.json"), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "tokenizer" in r.stderr
+
+
+def test_generate_many_prompts_from_a_file_and_escaped_stops(corpus: Path, tmp_path: Path):
+    cfg = load_config(None, [*tiny_overrides(corpus, tmp_path / "runs"), "sample.prompts=['HAMLET']"])
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(config_to_toml(cfg))
+    r = runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "HAMLET" in (tmp_path / "run" / "samples.md").read_text()  # every run with prompts writes samples
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "HAMLET", "id": 1}\n{"prompt": "To be", "max_tokens": 3}\n')
+    out = tmp_path / "out.jsonl"
+    r = runner.invoke(
+        app,
+        ["generate", str(tmp_path / "run"), "--prompts", str(prompts), "-n", "6", "--temperature", "0", "-o", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == ["HAMLET", "To be"] and rows[0]["id"] == 1
+    assert rows[0]["completion_tokens"] <= 6 and rows[1]["completion_tokens"] <= 3
+    # the same greedy text as one prompt on its own
+    r = runner.invoke(app, ["generate", str(tmp_path / "run"), "-p", "HAMLET", "-n", "6", "--temperature", "0"])
+    assert r.output == "HAMLET" + rows[0]["completion"] + "\n"
+    # "\n" from a shell is a backslash and an n: it still stops at a newline
+    r = runner.invoke(
+        app, ["generate", str(tmp_path / "run"), "-p", "HAMLET", "-n", "60", "--temperature", "0", "--stop", "\\n"]
+    )
+    assert r.exit_code == 0 and "\n" not in r.output[:-1]
+
+
+def test_version_and_errors_that_quote_brackets(tmp_path: Path):
+    r = slm("--version")
+    assert r.returncode == 0 and r.stdout.startswith("slm ")
+    missing = tmp_path / "[x]" / "y.txt"
+    r = slm("tokenizer", "train", str(missing), "--out", str(tmp_path / "t.json"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert str(missing) in r.stderr  # printed as text, never read as markup
+    r = slm("generate", str(tmp_path), "--top-p", "0")
+    assert r.returncode == 2 and "sampling parameter top_p" in r.stderr and "Traceback" not in r.stderr

@@ -66,3 +66,62 @@ def test_resolved_config_round_trips(tmp_path: Path):
     p = tmp_path / "c.toml"
     p.write_text(config_to_toml(cfg))
     assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("model.vocab_size=300", "tokenizer.vocab_size"),
+        ("distill.top_k=8", "distill.cache_top_k"),
+        ("mix.top_k=5", "mix.search_top_k"),
+        ("sample.max_new_tokens=5", "sample.max_tokens"),
+    ],
+)
+def test_renamed_names_are_refused_with_the_new_one(old, new, tmp_path: Path):
+    with pytest.raises(SlmError, match=f"is now '{new}'; use the new name"):
+        load_config(None, [old])
+    section, rest = old.split(".", 1)
+    p = tmp_path / "r.toml"
+    p.write_text(f"[{section}]\n{rest}\n")
+    with pytest.raises(SlmError, match=f"r.toml: '{old.split('=')[0]}' is now '{new}'"):
+        load_config(p)
+
+
+def test_pipeline_tokenizer_settings_moved_to_their_own_table(tmp_path: Path):
+    from slm.config import PipelineConfig, load_recipe
+
+    p = tmp_path / "d.toml"
+    p.write_text('[[sources]]\ndomain = "a"\npaths = ["x"]\n[output]\nvocab_size = 300\n')
+    with pytest.raises(SlmError, match=r"'output\.vocab_size' is now 'tokenizer\.vocab_size'"):
+        load_recipe(PipelineConfig, p)
+    cfg = load_recipe(PipelineConfig, p, raw={"sources": [{"domain": "a", "paths": ["x"]}]})
+    assert cfg.tokenizer.vocab_size == 8192 and cfg.output.val_fraction == 0.01
+
+
+def test_optional_tables_appear_only_when_used():
+    plain = load_config(None)
+    assert plain.distill is None and plain.mix is None
+    assert "[distill]" not in config_to_toml(plain) and "[mix]" not in config_to_toml(plain)
+    d = load_config(None, ["distill.teacher='runs/big'", "distill.loss='taid'"])
+    assert d.distill is not None and d.distill.loss == "taid" and "[distill]" in config_to_toml(d)
+    with pytest.raises(SlmError, match=r"name distill\.teacher"):
+        load_config(None, ["distill.loss='taid'"])
+
+
+def test_run_folders_written_before_the_renames_still_load(tmp_path: Path):
+    from slm.run import Run
+
+    (tmp_path / "config.toml").write_text(
+        '[model]\nvocab_size = 300\nn_layer = 2\n[distill]\nloss = "forward_kl"\ntop_k = 32\n'
+        "[mix]\nproxies = 24\ntop_k = 100\n[sample]\nmax_new_tokens = 7\n"
+    )
+    cfg = Run(tmp_path).load_config()
+    assert cfg.tokenizer.vocab_size == 300 and cfg.model.n_layer == 2
+    assert cfg.distill is None and cfg.mix is None  # the unused tables every old run carried
+    assert cfg.sample.max_tokens == 7
+
+
+def test_sample_prompts_get_their_own_seeds():
+    cfg = load_config(None, ["sample.prompts=['a', 'b']", "sample.seed=10", "sample.temperature=0.5"])
+    assert [cfg.sample.params(i).seed for i in range(2)] == [10, 11]
+    assert cfg.sample.params(1).temperature == 0.5 and not hasattr(cfg.sample.params(1), "prompts")

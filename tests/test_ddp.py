@@ -26,7 +26,9 @@ def free_port() -> int:
 
 
 def test_two_processes_match_one(corpus: Path, tmp_path: Path):
-    cfg = load_config(None, [*tiny_overrides(corpus, tmp_path / "runs"), "train.grad_accum=2", "train.max_steps=8"])
+    """The README's torchrun line as written: grad_accum left unset becomes one micro-batch per process."""
+    cfg = load_config(None, [*tiny_overrides(corpus, tmp_path / "runs"), "train.max_steps=8"])
+    assert cfg.train.grad_accum is None
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(config_to_toml(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -48,6 +50,8 @@ def test_two_processes_match_one(corpus: Path, tmp_path: Path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
+    assert Run(tmp_path / "ddp").load_config().train.grad_accum == 2
+    cfg.train.grad_accum = 2  # one process, the same global batch
     train(cfg, Run(tmp_path / "single"), console=Console(quiet=True), progress=False)
     la = [m["loss"] for m in Run(tmp_path / "ddp").metrics() if "loss" in m]
     lb = [m["loss"] for m in Run(tmp_path / "single").metrics() if "loss" in m]

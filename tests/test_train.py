@@ -47,7 +47,8 @@ def test_end_to_end_tiny_run(tiny_cfg: Config, tmp_path: Path):
     tok, cfg, meta = loaded.tokenizer, loaded.config, loaded.meta
     assert meta["step"] == 12 and cfg.tokenizer.vocab_size == tok.get_vocab_size()
     # The resolved config saved in the run reproduces the recipe (with the vocabulary filled in).
-    assert cfg.train == tiny_cfg.train and cfg.tokenizer.vocab_size == 300
+    assert cfg.train == tiny_cfg.train.model_copy(update={"grad_accum": 1})  # one per process, resolved
+    assert cfg.tokenizer.vocab_size == 300
     assert "vocab_size" not in cfg.model.model_dump()  # one place for the vocabulary size
 
 
@@ -167,3 +168,49 @@ def test_corrupt_weights_file(tiny_cfg: Config, tmp_path: Path):
     (latest / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(SlmError, match="corrupt or incomplete"):
         load_model(tmp_path / "run")
+
+
+class _Planted:
+    """A pickle that runs code when unpickled: what a shared run folder must never be able to do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_planted_pickle_in_a_run_folder_is_refused(tiny_cfg: Config, tmp_path: Path):
+    run_train(tiny_cfg, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    latest = Run(tmp_path / "run").latest_checkpoint()
+    torch.save({"optimizer": _Planted(marker)}, latest / "train_state.pt")
+    cfg = Run(tmp_path / "run").load_config(["train.max_steps=14"])
+    with pytest.raises(SlmError, match=r"train_state\.pt cannot be loaded safely"):
+        run_train(cfg, tmp_path / "run", resume=True)
+    assert not marker.exists()
+
+
+def test_a_resume_that_is_refused_changes_nothing(tiny_cfg: Config, tmp_path: Path):
+    run_train(tiny_cfg, tmp_path / "run")
+    run = Run(tmp_path / "run")
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(SlmError, match="train.max_steps=6 is below the checkpoint's step 12"):
+        run_train(run.load_config(["train.max_steps=6"]), run.path, resume=True)
+    with pytest.raises(SlmError, match="weights do not fit the model's shape"):
+        run_train(run.load_config(["model.d_model=64"]), run.path, resume=True)
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+    # resuming a finished run trains nothing and keeps its summary as it was
+    summary = json.loads(run.summary_path.read_text())
+    assert run_train(run.load_config(), run.path, resume=True) == summary
+    assert json.loads(run.summary_path.read_text()) == summary
+
+
+def test_damaged_checkpoint_files_are_one_line_errors(tiny_cfg: Config, tmp_path: Path):
+    run_train(tiny_cfg, tmp_path / "run")
+    latest = Run(tmp_path / "run").latest_checkpoint()
+    (latest / "meta.json").write_text('{"step": 12, "vocab')
+    with pytest.raises(SlmError, match=r"meta\.json is damaged \(not valid JSON"):
+        load_model(tmp_path / "run")
+    with pytest.raises(SlmError, match=r"meta\.json is damaged"):
+        run_train(Run(tmp_path / "run").load_config(["train.max_steps=14"]), tmp_path / "run", resume=True)

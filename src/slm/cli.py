@@ -433,6 +433,7 @@ def generate(
     stop: list[str] = typer.Option([], "--stop", help="Stop at this string (repeatable; \\n reads as a newline)."),
     seed: int = typer.Option(0, help="Sampling seed (prompt i of --prompts uses seed + i)."),
     max_batch: int = typer.Option(32, help="Sequences decoded together at most."),
+    truncate: bool = typer.Option(False, help="Keep the end of a prompt longer than the context (else refused)."),
     stream: bool = typer.Option(True, help="Print tokens as they come (one prompt)."),
 ) -> None:
     """Generate text: one prompt streamed, or a file of prompts decoded together (continuous batching).
@@ -454,10 +455,10 @@ def generate(
 
         if stream:
             sys.stdout.write(text)
-        done = generate_one(model, text, stops, params, emit if stream else None)
+        done = generate_one(model, text, stops, params, emit if stream else None, truncate)
         sys.stdout.write("\n" if stream else text + done + "\n")
         return
-    rows = generate_many(model, read_prompts(prompts), stops, params, max_batch, out)
+    rows = generate_many(model, read_prompts(prompts), stops, params, max_batch, out, truncate)
     if out is None:
         for r in rows:
             sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")

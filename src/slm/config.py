@@ -95,7 +95,9 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch per process")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per step, summed over all processes")
+    grad_accum: int | None = Field(
+        None, ge=1, description="micro-batches per step, summed over all processes; default one per process"
+    )
     seq_len: int | None = Field(None, ge=2, description="default model.max_seq_len")
     max_steps: int = Field(1000, ge=1)
     lr: float = Field(3e-3, gt=0)

@@ -32,6 +32,8 @@ from slm.infer.text import IncrementalText
 from slm.model.transformer import KVCache, Transformer
 
 ROUND = 64  # cache lengths grow in steps of this many positions
+PAD_SLACK = 1.25  # prompts share a prefill batch when the longest is at most this many times the shortest
+FULL_ROWS = 256  # positions from which a prefill batch runs at full speed (measured on a 2-core CPU)
 
 
 @dataclass
@@ -108,9 +110,7 @@ class Engine:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.limit = model.cfg.max_seq_len
-        self.packed = self.device.type == "cpu" if pack is None else pack
-        if self.packed:
-            model.pack()
+        self.packed = model.pack() if pack is not False else False
         self.cache: KVCache | None = None
         self.rows: list[_Seq] = []
         self.waiting: deque[_Seq] = deque()
@@ -214,17 +214,22 @@ class Engine:
 
     def _admit(self, events: list[Event]) -> None:
         room = self.max_batch - len(self.rows)
-        if not room or not self.waiting:
-            return
+        take = [self.waiting.popleft() for _ in range(min(room, len(self.waiting)))]
+        # Shortest first: prompts of similar length share a prefill batch with little padding, and rows end
+        # up ordered by length, which keeps decoding's attention reads short (see Transformer.hidden).
+        take.sort(key=lambda s: len(s.prompt))
         group: list[_Seq] = []
-        while self.waiting and room:
-            s = self.waiting[0]
-            longest = max([len(s.prompt), *(len(g.prompt) for g in group)])
-            if group and (len(group) + 1) * longest > self.prefill_tokens:
+        for s in take:
+            n = len(s.prompt)
+            padded = (len(group) + 1) * n
+            # Short prompts batch up to FULL_ROWS positions whatever their padding (a lone 16-token prompt
+            # runs at half the speed); longer ones only with prompts of similar length.
+            if group and (
+                padded > self.prefill_tokens or (n > PAD_SLACK * len(group[0].prompt) and padded > FULL_ROWS)
+            ):
                 self._prefill(len(self.rows), group, [g.prompt for g in group], events)
                 group = []
-            group.append(self.waiting.popleft())
-            room -= 1
+            group.append(s)
         if group:
             self._prefill(len(self.rows), group, [g.prompt for g in group], events)
 
@@ -309,7 +314,7 @@ class Engine:
         have_rows = old.k[0].size(0) if old is not None else 0
         new_rows = min(self.max_batch, max(rows, 2 * have_rows))
         new_len = min(self.limit, max(old.length if old is not None else 0, -(-length // ROUND) * ROUND))
-        cache = KVCache(self.model.cfg, new_rows, new_len, self.dtype, self.device)
+        cache = KVCache(self.model.cfg, new_rows, new_len, self.dtype, self.device, zeroed=True)
         if old is not None and self.rows:
             n, used = len(self.rows), max(s.length for s in self.rows)
             for dst, src in zip((*cache.k, *cache.v), (*old.k, *old.v), strict=True):

@@ -51,13 +51,18 @@ def _params(base: dict[str, Any], stop: list[str], row: dict[str, Any] | None = 
 
 
 def generate_one(
-    source: str, prompt: str, stop: list[str], params: dict[str, Any], on_text: Callable[[str], None] | None = None
+    source: str,
+    prompt: str,
+    stop: list[str],
+    params: dict[str, Any],
+    on_text: Callable[[str], None] | None = None,
+    truncate: bool = False,
 ) -> str:
     """The completion of one prompt (without the prompt), streamed to on_text as it comes."""
     p = _params(params, stop)
     loaded = load_model(source)
     with Engine(loaded.model, loaded.tokenizer, end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)) as eng:
-        sid = eng.submit(prompt, p)
+        sid = eng.submit(prompt, p, truncate)
         for event in eng.stream():
             if on_text and event.text:
                 on_text(event.text)
@@ -71,6 +76,7 @@ def generate_many(
     params: dict[str, Any],
     max_batch: int = 32,
     out: Path | None = None,
+    truncate: bool = False,
 ) -> list[dict[str, Any]]:
     """Completions of many prompts decoded together (prompt i seeded with seed + i), in prompt order; written
     to `out` as JSONL when given."""
@@ -78,7 +84,10 @@ def generate_many(
     loaded = load_model(source)
     stops = end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)
     with Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch) as eng:
-        done = eng.run([r["prompt"] for r in rows], each)
+        ids = [eng.submit(r["prompt"], p, truncate) for r, p in zip(rows, each, strict=True)]
+        while eng.has_work:
+            eng.step()
+        done = [eng.result(i) for i in ids]
     result = [
         {
             **{k: v for k, v in r.items() if k not in SamplingParams.model_fields},

@@ -136,6 +136,8 @@ def train(
     say: Callable[[str], None] = (
         (lambda m: console.print(m, markup=False, highlight=False)) if d.master else (lambda m: None)
     )
+    if cfg.train.grad_accum is None:  # unset: one micro-batch per process, so torchrun needs no --set
+        cfg.train.grad_accum = d.world
     if cfg.train.grad_accum % d.world:
         raise SlmError(f"train.grad_accum={cfg.train.grad_accum} must be a multiple of the {d.world} processes")
     if resume and run.latest_checkpoint() is None:
