@@ -195,7 +195,7 @@ def test_a_resume_that_is_refused_changes_nothing(tiny_cfg: Config, tmp_path: Pa
     run_train(tiny_cfg, tmp_path / "run")
     run = Run(tmp_path / "run")
     before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
-    with pytest.raises(SlmError, match="train.max_steps=6 is below the checkpoint's step 12"):
+    with pytest.raises(SlmError, match=r"train\.max_steps=6 is below the checkpoint's step 12"):
         run_train(run.load_config(["train.max_steps=6"]), run.path, resume=True)
     with pytest.raises(SlmError, match="weights do not fit the model's shape"):
         run_train(run.load_config(["model.d_model=64"]), run.path, resume=True)
