@@ -149,3 +149,18 @@ def test_gguf_with_an_unsupported_quantisation_type_fails_clearly(tiny_cfg, tmp_
     with pytest.raises(SlmError, match=r"m\.gguf: cannot load this GGUF \(.*Q8_1.*llama-quantize"):
         import_model(path, tmp_path / "imported")
     assert not (tmp_path / "imported").exists()
+
+
+def test_the_loader_names_what_it_reads(tiny_cfg, tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(SlmError, match=r"notes\.txt is not a model slm can load; pass an slm run .*package:NAME"):
+        load_model(tmp_path / "notes.txt")
+    with pytest.raises(SlmError, match="package no_such_pkg is not installed"):
+        load_model("package:no_such_pkg")
+    run = trained(tiny_cfg, tmp_path / "run", qk_norm=False)
+    ckpt = Run(run).latest_checkpoint()
+    assert load_model(ckpt).checkpoint == ckpt and load_model(run).run == run  # a run or one of its checkpoints
+    hf = export_hf(run, tmp_path / "hf")
+    (hf / "config.json").write_text("{ not json")
+    with pytest.raises(SlmError, match=r"config\.json is damaged \(not valid JSON"):
+        load_model(hf)

@@ -203,6 +203,11 @@ class Shards:
             return np.zeros(0, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r")
 
+    @property
+    def domains(self) -> dict[str, Shards]:
+        """One shard folder has no domains of its own (a corpus of several is MixtureShards)."""
+        return {}
+
     def batcher(self, seq_len: int, batch_size: int, seed: int) -> Batcher:
         return Batcher(self.tokens("train"), seq_len, batch_size, seed)
 

@@ -82,7 +82,7 @@ class DistillObjective(Objective):
             self.setup_teacher(env.device, env.dtype)
             if self.teacher_tokenizer_hash != tok_hash:
                 raise SlmError("the teacher's tokenizer differs from the run's; start a new run to adopt the teacher's")
-        if d.cache and not isinstance(env.shards, Shards):
+        if d.cache and env.shards.domains:
             raise SlmError("distill.cache works with one shard folder (data.shards), not with data.mixture")
         if d.cache:
             folder = Path(d.cache)

@@ -208,6 +208,10 @@ def _read_gguf(src: Path) -> Source:
         raise SlmError(
             f"{src}: not a readable GGUF file ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
         ) from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its tqdm bars would break into slm's own output
+    hf_logging.set_verbosity_error()
     try:
         model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         hf_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)

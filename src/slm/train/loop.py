@@ -221,7 +221,7 @@ def train(
     def evaluate_final() -> dict[str, float]:
         """The whole held-out split, once. A mixture is scored domain by domain (mixture search needs each), and
         its overall figure pools the sums of the validation domains rather than scoring the same text again."""
-        if not hasattr(shards, "domain_val"):
+        if not shards.domains:
             return evaluate(None)
         for dm in shards.domains:
             if len(toks := shards.domain_val(dm)) > seq_len:
