@@ -41,6 +41,7 @@ def test_end_to_end_tiny_run(tiny_cfg: Config, tmp_path: Path):
     assert [m["step"] for m in val_rows] == [6, 12]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     assert [c.name for c in run.checkpoints()] == ["step_0000006", "step_0000012"]
+    assert all((c / "model.safetensors").stat().st_mode & 0o777 == 0o644 for c in run.checkpoints())
     summary = json.loads((path / "summary.json").read_text())
     assert summary["val_bpb"] == pytest.approx(s["val_bpb"]) and 0 < s["val_bpb"] < 20
     loaded = load_model(path)

@@ -39,7 +39,10 @@ def _tokenizer_fields(tok) -> tuple[list[str], list[int], list[str]]:
 
 
 def export_gguf(src: str | Path, out: str | Path, qtype: str = "f16", force: bool = False) -> Path:
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise SlmError("GGUF export needs the gguf package: pip install 'slm[interop]'") from None
 
     out = Path(out)
     if qtype not in TYPES:

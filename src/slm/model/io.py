@@ -27,6 +27,7 @@ def save_weights(weights: Transformer | dict[str, torch.Tensor], path: Path) -> 
     """A model's weights, or a dict of tensors by slm name (any float dtype: imports keep the source's)."""
     tensors = weights if isinstance(weights, dict) else weights_dict(weights)
     save_file(tensors, str(path), metadata={"format": "pt", "slm": "1"})
+    path.chmod(0o644)  # safetensors writes 0600; every other run file is readable by collaborators
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
