@@ -38,6 +38,16 @@ class TokenizerConfig(Section):
     sample_mb: float = Field(64.0, gt=0, description="text read to train a tokenizer, at most")
 
 
+def _weights(name: str, weights: dict[str, float]) -> dict[str, float]:
+    """Domain weights: none negative, and not all zero (checked before any work, not after it)."""
+    negative = {d: w for d, w in weights.items() if w < 0}
+    if negative:
+        raise ValueError(f"{name} has negative weights {negative}; weights must be >= 0")
+    if weights and sum(weights.values()) <= 0:
+        raise ValueError(f"{name} weights are all 0; give at least one domain a positive weight")
+    return weights
+
+
 class DataConfig(Section):
     inputs: list[str] = Field(default_factory=lambda: ["data/shakespeare/*.txt"])
     val_inputs: list[str] = Field(
@@ -49,6 +59,11 @@ class DataConfig(Section):
         default_factory=dict, description="domain weights over a corpus folder of per-domain shards (data.shards)"
     )
     val_domains: list[str] = Field(default_factory=list, description="mixture: validation domains (default: all used)")
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> DataConfig:
+        _weights("data.mixture", self.mixture)
+        return self
 
 
 class ModelConfig(Section):
@@ -126,9 +141,11 @@ class SamplingParams(Section):
     (later) the server take. Out-of-range values are refused here, where they enter."""
 
     max_tokens: int = Field(128, ge=1, description="new tokens at most")
-    temperature: float = Field(1.0, ge=0.0, description="0 is greedy")
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="0 is greedy")
     top_k: int | None = Field(None, ge=1, description="sample from the k likeliest tokens")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus: the smallest set holding this mass")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus: the smallest set holding this mass"
+    )
     seed: int | None = Field(None, description="per-sequence seed: the same seed gives the same text")
     stop: list[str] = Field(default_factory=list, description="stop before the first of these strings")
     logprobs: bool = Field(False, description="record the log-probability of each chosen token")
@@ -203,6 +220,11 @@ class MixConfig(Section):
     search_samples: int = Field(100_000, ge=100, description="simulated mixtures scored by the regression")
     search_top_k: int = Field(100, ge=1, description="the chosen mixture averages the top-k predicted")
 
+    @model_validator(mode="after")
+    def _check_target(self) -> MixConfig:
+        _weights("mix.target", self.target)
+        return self
+
 
 class Config(Section):
     """A training recipe. [distill] belongs to `slm distill` and [mix] to `slm mix`; a run's config.toml holds
@@ -227,6 +249,8 @@ class Config(Section):
     def _check_seq(self) -> Config:
         if self.train.seq_len and self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.data.mixture and not self.data.shards:
+            raise ValueError("data.mixture needs data.shards = a corpus folder of per-domain shards")
         return self
 
 

@@ -13,6 +13,7 @@ RUN/
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -67,9 +68,20 @@ def refuse_existing(out: Path, force: bool) -> None:
         raise SlmError(f"{out} exists; pass --force to replace it or choose another --out")
 
 
+def _remove_stale(final: Path) -> None:
+    """Temporaries of `final` that a kill left behind: each writer of a path makes a fresh one, so an
+    older one is never finished. (One writer per path: concurrent writers of one file are not supported.)"""
+    for old in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write then rename, so a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make run files unreadable to collaborators
@@ -87,6 +99,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; it becomes `final` only if the block finishes."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     tmp.chmod(0o755)
     try:

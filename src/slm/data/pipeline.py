@@ -266,6 +266,41 @@ def run_pipeline(
     # stage 3
     domains = list(dict.fromkeys(s.domain for s in cfg.sources))
     by_domain = {dm: [t for t in tasks if t.domain == dm] for dm in domains}
+
+    def write_stats() -> dict:
+        total = Funnel()
+        total += plan_funnel
+        per_domain: dict[str, Funnel] = {dm: Funnel() for dm in domains}
+        for t, f in zip(tasks, funnels, strict=True):
+            total += f
+            per_domain[t.domain] += f
+        seconds = time.perf_counter() - t0
+        read_bytes = total.bytes_seen["read"]
+        stats = {
+            "pipeline_hash": h,
+            "total": total.as_dict(),
+            "domains": {dm: f.as_dict() for dm, f in per_domain.items()},
+            "seconds": round(seconds, 3),
+            "documents_per_s": round(total.seen["read"] / seconds, 1) if seconds else None,
+            "mb_per_s": round(read_bytes / 1e6 / seconds, 3) if seconds else None,
+        }
+        atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+        return stats
+
+    empty = [dm for dm in domains if not any(keeps[t.index].any() for t in by_domain[dm])]
+    if empty:
+        # Say why before any tokenizer or shard is made: the funnel is on disk, its first problem here.
+        stats = write_stats()
+        d = stats["domains"][empty[0]]
+        why = (
+            d["errors"][0]
+            if d["errors"]
+            else ", ".join(f"{r} {n}" for step in d["steps"].values() for r, n in step["dropped"].items())
+        )
+        raise SlmError(
+            f"domain '{empty[0]}': no document survived the pipeline ({why or 'no input documents'}); "
+            f"the funnel is in {out / 'stats.json'}"
+        )
     tok = None
     if cfg.output.format == "shards":
         tok = _tokenizer(cfg, out, work, tasks, keeps, log)
@@ -279,24 +314,7 @@ def run_pipeline(
                 funnels[t.index].keep("write", int(s))
     if progress:
         progress("write", len(domains), len(domains))
-
-    total = Funnel()
-    total += plan_funnel
-    per_domain: dict[str, Funnel] = {dm: Funnel() for dm in domains}
-    for t, f in zip(tasks, funnels, strict=True):
-        total += f
-        per_domain[t.domain] += f
-    seconds = time.perf_counter() - t0
-    read_bytes = total.bytes_seen["read"]
-    stats = {
-        "pipeline_hash": h,
-        "total": total.as_dict(),
-        "domains": {dm: f.as_dict() for dm, f in per_domain.items()},
-        "seconds": round(seconds, 3),
-        "documents_per_s": round(total.seen["read"] / seconds, 1) if seconds else None,
-        "mb_per_s": round(read_bytes / 1e6 / seconds, 3) if seconds else None,
-    }
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+    stats = write_stats()
     manifest = {
         "format": "slm-corpus/1",
         "name": cfg.name,
@@ -306,7 +324,7 @@ def run_pipeline(
         "domains": summary,
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    return Result(out, manifest, stats, seconds)
+    return Result(out, manifest, stats, stats["seconds"])
 
 
 def _tok_hash(tok) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -22,9 +23,9 @@ CHUNK = 1 << 20
 try:
     from zstandard import ZstdError
 
-    READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ZstdError)
+    READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, ZstdError)
 except ImportError:  # pragma: no cover - zstandard is a dependency
-    READ_ERRORS = (OSError, EOFError)
+    READ_ERRORS = (OSError, EOFError, zlib.error)
 Doc = tuple[str, str]  # (text, where it came from)
 
 

@@ -24,6 +24,7 @@ license: its licence
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +99,13 @@ def load_task(name_or_path: str, limit: int | None = None, num_fewshot: int | No
     except ValidationError as e:
         first = e.errors()[0]
         raise SlmError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if spec.answer_regex is not None:
+        try:
+            re.compile(spec.answer_regex)
+        except re.error as e:
+            raise SlmError(
+                f"{path}: answer_regex {spec.answer_regex!r} is not a valid regular expression ({e})"
+            ) from None
     if num_fewshot is not None:
         if num_fewshot < 0:
             raise SlmError(f"--num-fewshot {num_fewshot}: must be 0 or more")

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from slm.config import SamplingParams
 from slm.errors import SlmError
 
+MIN_TEMPERATURE = 1e-6  # a smaller one would underflow float32 (and is greedy in all but name)
+
 
 def sampling_params(**fields) -> SamplingParams:
     """SamplingParams from loose values (CLI options, request fields): a bad value is one line naming it."""
@@ -24,16 +26,19 @@ def sampling_params(**fields) -> SamplingParams:
 
 
 def filtered_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """The distribution a (V,) logit row is sampled from: temperature, then top-k, then top-p."""
-    logits = logits.float() / p.temperature
+    """The distribution a (V,) logit row is sampled from: temperature, then top-k, then top-p. Scaled from
+    the largest logit down, so no temperature, however small, overflows (the top token then takes all)."""
+    logits = (logits.float() - logits.max()) / max(p.temperature, MIN_TEMPERATURE)
     if p.top_k is not None and p.top_k < logits.numel():
         kth = torch.topk(logits, p.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if p.top_p is not None and p.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        # Keep the smallest prefix whose mass reaches top_p, and always the top token (a top_p too small
+        # for float32 would otherwise drop every one).
         drop = sorted_p.cumsum(0) - sorted_p >= p.top_p
+        drop[0] = False
         sorted_p[drop] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
     return probs

@@ -50,8 +50,10 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def svg(fig) -> str:
+    """A figure as inline SVG, byte-identical for identical data (fixed ids, no date)."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with matplotlib.rc_context({"svg.hashsalt": "slm"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg") :]
@@ -110,6 +112,7 @@ def _loss_plot(runs: list[dict]) -> str | None:
 
 
 def html_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """An escaped HTML table (shared by every report page)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
