@@ -57,10 +57,10 @@ def world(tmp_path_factory) -> Path:
     train(cfg, Run(w / "run"), console=Console(quiet=True), progress=False)
     for name in ("damaged", "planted"):
         shutil.copytree(w / "run", w / name)
-    latest = Run(w / "damaged").latest_checkpoint()
-    (latest / "meta.json").write_text('{"step": 12, "voc')
-    latest = Run(w / "planted").latest_checkpoint()
-    torch.save({"optimizer": _Planted(w / "pwned")}, latest / "train_state.pt")
+    for ckpt in Run(w / "damaged").checkpoints():  # every one: resuming passes over a damaged one if it can
+        (ckpt / "meta.json").write_text('{"step": 12, "voc')
+    for ckpt in Run(w / "planted").checkpoints():
+        torch.save({"optimizer": _Planted(w / "pwned")}, ckpt / "train_state.pt")
     export_hf(w / "run", w / "hf")
     shutil.copytree(w / "hf", w / "hf_bad")
     (w / "hf_bad" / "config.json").write_text("{ not json")
@@ -169,7 +169,7 @@ CASES = [
     ("eval-unknown-task", "eval {w}/run --tasks no_such_task", "task 'no_such_task' not found"),
     ("eval-missing-text", "eval {w}/run --text {w}/none.txt", "not found"),
     ("eval-empty-text", "eval {w}/run --text {w}/empty.txt --out {w}/e.json", "is empty"),
-    ("eval-dtype", "eval {w}/run --text {w}/heldout.txt --dtype float16", "not supported"),
+    ("eval-dtype", "eval {w}/run --text {w}/heldout.txt --dtype float16", "is not one of"),
     ("eval-out-folder", "eval {w}/run --text {w}/heldout.txt --out {w}/outdir", "is a folder"),
     ("eval-task-yaml", "eval {w}/run --tasks {w}/task_bad.yaml", "cannot parse task file"),
     ("eval-task-nodata", "eval {w}/run --tasks {w}/task_nodata.yaml", "not found"),
@@ -178,8 +178,8 @@ CASES = [
     ("eval-fewshot", "eval {w}/run --tasks mmlu_subset --num-fewshot -1", "must be 0 or more"),
     ("eval-hf-bad-config", "eval {w}/hf_bad --text {w}/heldout.txt --out {w}/e.json", "is damaged"),
     # export / import / report
-    ("export-format", "export {w}/run --format onnx -o {w}/x", "supported: hf, gguf"),
-    ("export-type", "export {w}/run --format gguf --type q4_k -o {w}/x.gguf", "supported: f32, f16, q8_0"),
+    ("export-format", "export {w}/run --format onnx -o {w}/x", "is not one of"),
+    ("export-type", "export {w}/run --format gguf --type q4_k -o {w}/x.gguf", "is not one of"),
     ("export-out-exists", "export {w}/run -o {w}/outdir", "exists; pass --force"),
     ("export-missing", "export {w}/nothing -o {w}/x", "not found"),
     ("import-missing", "import {w}/nothing -o {w}/x", "not found"),
@@ -190,12 +190,15 @@ CASES = [
     ("data-no-sources", "data run {w}/pipe_nosrc.toml", "no [[sources]]"),
     ("data-old-name", "data run {w}/pipe_old.toml", "is now 'tokenizer.vocab_size'"),
     ("data-typo", "data run {w}/pipe_old.toml -s dedup.bandz=3", "did you mean 'bands'"),
+    ("data-out-is-a-file", "data run {w}/pipe_gz.toml -o {w}/taken.json", "is a file"),
+    ("cloze-unit", "data cloze {w}/corpus -o {w}/c.yaml --unit sentence", "is not one of"),
+    ("eval-binary-text", "eval {w}/run --text {w}/binary/blob.txt --out {w}/e.json", "binary"),
     ("builtin-domain", "data builtin -o {w}/b --domains poetry", "unknown domain(s) poetry"),
     ("builtin-out-exists", "data builtin -o {w}/outdir", "exists; pass --force"),
     ("cloze-missing", "data cloze {w}/nothing -o {w}/c.yaml", "manifest.json"),
     # select / mix
     ("select-fraction", "select {w}/corpus -m {w}/run -o {w}/s --fraction 1.5", "--fraction must be in (0, 1]"),
-    ("select-strategy", "select {w}/corpus -m {w}/run -o {w}/s --strategy bogus", "unknown strategy 'bogus'"),
+    ("select-strategy", "select {w}/corpus -m {w}/run -o {w}/s --strategy bogus", "is not one of"),
     ("select-unit", "select {w}/corpus -m {w}/run -o {w}/s --unit-tokens -1", "--unit-tokens"),
     ("select-not-corpus", "select {w}/corpus -m {w}/run -o {w}/s", "manifest.json"),
     ("mix-no-table", "mix run {w}/tiny.toml -o {w}/m", "no [mix] table"),

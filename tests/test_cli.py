@@ -12,7 +12,7 @@ from slm.cli import app
 from slm.config import config_to_toml, load_config
 from slm.errors import SlmError
 
-from .conftest import tiny_overrides
+from .conftest import REPO, tiny_overrides
 
 runner = CliRunner()
 
@@ -110,5 +110,7 @@ def test_version_and_errors_that_quote_brackets(tmp_path: Path):
     r = slm("tokenizer", "train", str(missing), "--out", str(tmp_path / "t.json"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(missing) in r.stderr  # printed as text, never read as markup
+    r = slm("tokenizer", "train", str(REPO / "data/shakespeare/macbeth.txt"), "--out", "/proc/tok.json")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "/proc/" in r.stderr  # an unwritable output
     r = slm("generate", str(tmp_path), "--top-p", "0")
     assert r.returncode == 2 and "sampling parameter top_p" in r.stderr and "Traceback" not in r.stderr

@@ -59,6 +59,9 @@ def test_answer_bpb_is_the_right_answers_bits_per_byte(model, tok):
     got = score_multiple_choice(model, tok, task)
     bits = sum(-choice_logprobs(model, tok, it, " ")[it.answer] / math.log(2) for it in items)
     assert got["answer_bpb"] == pytest.approx(bits / (len(" a dog") + len(" the bone")), rel=1e-5)
+    # lm-eval's standard error of a mean of 0/1 scores: sample standard deviation / sqrt(n)
+    scores = torch.tensor([float(got["acc"] * 2 >= 1), float(got["acc"] * 2 >= 2)])
+    assert got["acc_stderr"] == pytest.approx(float(scores.std() / 2**0.5))
 
 
 def test_a_choice_the_context_cannot_hold_names_the_task_and_item(model, tok):

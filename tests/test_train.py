@@ -184,8 +184,8 @@ class _Planted:
 def test_a_planted_pickle_in_a_run_folder_is_refused(tiny_cfg: Config, tmp_path: Path):
     run_train(tiny_cfg, tmp_path / "run")
     marker = tmp_path / "pwned"
-    latest = Run(tmp_path / "run").latest_checkpoint()
-    torch.save({"optimizer": _Planted(marker)}, latest / "train_state.pt")
+    for ckpt in Run(tmp_path / "run").checkpoints():
+        torch.save({"optimizer": _Planted(marker)}, ckpt / "train_state.pt")
     cfg = Run(tmp_path / "run").load_config(["train.max_steps=14"])
     with pytest.raises(SlmError, match=r"train_state\.pt cannot be loaded safely"):
         run_train(cfg, tmp_path / "run", resume=True)
@@ -207,11 +207,22 @@ def test_a_resume_that_is_refused_changes_nothing(tiny_cfg: Config, tmp_path: Pa
     assert json.loads(run.summary_path.read_text()) == summary
 
 
-def test_damaged_checkpoint_files_are_one_line_errors(tiny_cfg: Config, tmp_path: Path):
+def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tiny_cfg: Config, tmp_path: Path):
+    run_train(tiny_cfg, tmp_path / "straight")
     run_train(tiny_cfg, tmp_path / "run")
-    latest = Run(tmp_path / "run").latest_checkpoint()
+    run = Run(tmp_path / "run")
+    latest = run.latest_checkpoint()
+    (latest / "model.safetensors").write_bytes((latest / "model.safetensors").read_bytes()[:1000])  # cut short
+    with pytest.raises(SlmError, match=r"model\.safetensors: cannot read weights"):
+        load_model(run.path)  # reading the damaged one is a one-line error ...
     (latest / "meta.json").write_text('{"step": 12, "vocab')
     with pytest.raises(SlmError, match=r"meta\.json is damaged \(not valid JSON"):
-        load_model(tmp_path / "run")
-    with pytest.raises(SlmError, match=r"meta\.json is damaged"):
-        run_train(Run(tmp_path / "run").load_config(["train.max_steps=14"]), tmp_path / "run", resume=True)
+        load_model(run.path)
+    notes: list[str] = []
+    console = Console(file=None, record=True, width=300)
+    train(run.load_config(), run, resume=True, console=console, progress=False)
+    notes = console.export_text()
+    # ... resuming goes on from the checkpoint before it, and says so
+    assert "passed over 1 damaged checkpoint(s)" in notes and "resuming from step_0000006" in notes
+    a, b = losses(tmp_path / "straight"), losses(run.path)
+    assert a == b  # and trains what an uninterrupted run trained

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -122,7 +123,9 @@ def data_cloze(
     out: Path = typer.Option(..., "--out", "-o", help="Task file to write (NAME.yaml; the items go in NAME.jsonl)."),
     per_domain: int = typer.Option(100, min=1, help="Items per domain at most."),
     seed: int = typer.Option(0, help="Seed for the items and their distractors."),
-    unit: str = typer.Option("line", help="line: the next line or sentence; word: the next word (easier)."),
+    unit: Literal["line", "word"] = typer.Option(
+        "line", help="line: the next line or sentence; word: the next word (easier)."
+    ),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
     """Make a next-line (or next-word) multiple-choice task from a corpus's held-out text, for tiny models.
@@ -392,7 +395,9 @@ def select_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Reference model: anything slm loads (run, folder, .gguf)."),
     out: Path = typer.Option(..., "--out", "-o", help="New corpus folder with the kept documents."),
     fraction: float = typer.Option(0.5, help="Share of training tokens to keep."),
-    strategy: str = typer.Option("medium", help="low, medium or high perplexity, or random (the control)."),
+    strategy: Literal["low", "medium", "high", "random"] = typer.Option(
+        "medium", help="low, medium or high perplexity, or random (the control)."
+    ),
     seed: int = typer.Option(0, help="Seed of the random strategy."),
     unit_tokens: int = typer.Option(
         0, help="Score and keep pieces of at most this many tokens (0: whole documents); for corpora of long books."
@@ -474,7 +479,9 @@ def eval_cmd(
     limit: int | None = typer.Option(None, help="Score only the first N items of each task."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Results JSON (default: RUN/eval.json for runs)."),
     window: int | None = typer.Option(None, help="Sliding window for --text, in tokens (default 1024 or less)."),
-    dtype: str = typer.Option("float32", help="float32 (exact) or bfloat16 (bf16 weights; faster on bf16 CPUs)."),
+    dtype: Literal["float32", "bfloat16"] = typer.Option(
+        "float32", help="float32 (exact) or bfloat16 (bf16 weights; faster on bf16 CPUs)."
+    ),
     num_fewshot: int | None = typer.Option(
         None, "--num-fewshot", help="Solved examples before each question (default: each task file's num_fewshot)."
     ),
@@ -497,8 +504,10 @@ def eval_cmd(
 def export_cmd(
     run: Path = typer.Argument(..., help="Run folder or checkpoint folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (hf) or file (gguf)."),
-    fmt: str = typer.Option("hf", "--format", "-f", help="hf (transformers folder) or gguf (llama.cpp file)."),
-    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32, f16 or q8_0."),
+    fmt: Literal["hf", "gguf"] = typer.Option(
+        "hf", "--format", "-f", help="hf (transformers folder) or gguf (llama.cpp file)."
+    ),
+    gguf_type: Literal["f32", "f16", "q8_0"] = typer.Option("f16", "--type", help="GGUF tensor type."),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
     """Export a trained model to a format other tools load (Llama, or Qwen3 when qk_norm is on).
@@ -585,6 +594,18 @@ def main() -> None:
     except SlmError as e:
         # Plain text: a message quoting [paths] or globs must never be read as Rich markup.
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # a read-only or full disk, a folder that vanished: what and where, not a traceback
+        if os.environ.get("SLM_TRACEBACK"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(
+            f"error: {where}{e.strerror or e}; check that the path exists, is writable and its disk has space "
+            "(SLM_TRACEBACK=1 shows where it happened)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; the last checkpoint is intact, continue with `slm train --resume RUN`")

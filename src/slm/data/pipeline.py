@@ -183,6 +183,8 @@ def run_pipeline(
     work = out / ".work"
     h = pipeline_hash(cfg)
     marker = work / "pipeline.json"
+    if out.is_file():
+        raise SlmError(f"--out {out} is a file; name a folder for the corpus")
     if out.exists() and force:
         shutil.rmtree(out)
     if marker.exists():

@@ -37,9 +37,16 @@ def evaluate(
     if not tasks and not texts:
         raise SlmError("nothing to evaluate: pass --tasks NAME[,NAME] and/or --text FILE")
     loaded_tasks = [load_task(t, limit, num_fewshot) for t in tasks]  # parse every task file before the model loads
-    for t in texts:
+    texts_read = {}
+    for t in texts:  # read and checked before the model loads
         if not Path(t).is_file():
             raise SlmError(f"text file {t} not found")
+        raw = Path(t).read_bytes()
+        if b"\x00" in raw[:8192]:
+            raise SlmError(f"text file {t} is binary (it holds NUL bytes); pass a text file to score")
+        texts_read[t] = raw.decode("utf-8", errors="replace")
+        if not texts_read[t].strip():
+            raise SlmError(f"text file {t} is empty; pass a file with text to score")
     if dtype not in ("float32", "bfloat16"):
         raise SlmError(f"--dtype {dtype} is not supported; use float32 or bfloat16")
     if out is not None and out.is_dir():
@@ -75,10 +82,7 @@ def evaluate(
     sep = tok.token_to_id("<|endoftext|>")
     start = loaded.eos_id if sep is None else sep
     for t in texts:
-        text = Path(t).read_text(encoding="utf-8", errors="replace")
-        if not text.strip():
-            raise SlmError(f"text file {t} is empty; pass a file with text to score")
-        results["texts"][t] = text_bpb(model, tok, text, start, window)
+        results["texts"][t] = text_bpb(model, tok, texts_read[t], start, window)
     console.print(results_table(results))
     path = out or (loaded.run / "eval.json" if loaded.run else None)
     if path:
@@ -92,13 +96,14 @@ def evaluate(
 
 def results_table(results: dict[str, Any]) -> Table:
     table = Table(title=f"evaluation of {results['model']}")
-    for col in ("task / text", "metric", "value", "n"):
-        table.add_column(col, justify="right" if col in ("value", "n") else "left")
+    for col in ("task / text", "metric", "value", "± stderr", "n"):
+        table.add_column(col, justify="left" if col in ("task / text", "metric") else "right")
     for name, r in results["tasks"].items():
         label = f"{name} ({r['num_fewshot']}-shot)" if r.get("num_fewshot") else name
         for metric in ("acc", "acc_norm", "exact_match"):
             if metric in r:
-                table.add_row(label, metric, f"{r[metric]:.4f}", str(r["n"]))
+                err = r.get(f"{metric}_stderr")
+                table.add_row(label, metric, f"{r[metric]:.4f}", "-" if err is None else f"{err:.4f}", str(r["n"]))
     for name, r in results["texts"].items():
-        table.add_row(Path(name).name, "bits-per-byte", f"{r['bpb']:.4f}", f"{r['bytes']:,} B")
+        table.add_row(Path(name).name, "bits-per-byte", f"{r['bpb']:.4f}", "", f"{r['bytes']:,} B")
     return table

@@ -213,7 +213,19 @@ def score_multiple_choice(
     n = len(task.items)
     # answer_bpb: bits per byte of the right answers given their prompts. Smooth where accuracy is a step
     # function, so it is the task's loss when small models are compared (slm mix's task target).
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "answer_bpb": answer_bits / max(answer_bytes, 1), "n": n}
+    return {
+        "acc": correct / n,
+        "acc_stderr": stderr(correct / n, n),
+        "acc_norm": correct_norm / n,
+        "acc_norm_stderr": stderr(correct_norm / n, n),
+        "answer_bpb": answer_bits / max(answer_bytes, 1),
+        "n": n,
+    }
+
+
+def stderr(p: float, n: int) -> float:
+    """Standard error of a mean of n 0/1 scores (sample standard deviation / sqrt(n), as lm-eval reports)."""
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
 
 
 def extract_answer(text: str, pattern: str | None) -> str:
@@ -244,4 +256,5 @@ def score_generate(
         for i, item in zip(ids, task.items, strict=True):
             out = engine.result(i).text
             correct += extract_answer(out, task.spec.answer_regex) == str(item.answer).strip()
-    return {"exact_match": correct / len(task.items), "n": len(task.items)}
+    n = len(task.items)
+    return {"exact_match": correct / n, "exact_match_stderr": stderr(correct / n, n), "n": n}

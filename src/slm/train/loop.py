@@ -164,23 +164,40 @@ def train(
     optimizer = make_optimizer(model, cfg, device)
     start_step, meta = 0, {}
     if resume:
-        ckpt = run.latest_checkpoint()
-        assert ckpt is not None
-        meta = read_json(ckpt / "meta.json", f"the checkpoint is damaged; remove {ckpt} to resume from the one before")
-        if meta.get("objective", objective.name) != objective.name:
-            raise SlmError(
-                f"{run.path} was trained with the {meta['objective']} objective; resume it with the command that "
-                f"started it (slm {'distill' if meta['objective'] == 'distill' else 'train'} --resume)"
-            )
-        if meta.get("tokenizer_hash") != tokenizer_hash(tok):
-            raise SlmError(f"{ckpt} was trained with another tokenizer than {run.tokenizer_path}")
-        start_step = meta["step"]
-        if cfg.train.max_steps < start_step:
-            raise SlmError(
-                f"train.max_steps={cfg.train.max_steps} is below the checkpoint's step {start_step}; "
-                f"set train.max_steps to {start_step} or more"
-            )
-        load_checkpoint(ckpt, model, optimizer)
+        # Newest first; a damaged checkpoint (a kill or a full disk mid-copy, a file that cannot be read
+        # safely) is passed over for the one before it, and said so. Other refusals stop here.
+        damaged: list[str] = []
+        for ckpt in reversed(run.checkpoints()):
+            try:
+                meta = read_json(ckpt / "meta.json", "the checkpoint is damaged")
+            except SlmError as e:
+                damaged.append(str(e))
+                continue
+            if meta.get("objective", objective.name) != objective.name:
+                raise SlmError(
+                    f"{run.path} was trained with the {meta['objective']} objective; resume it with the command "
+                    f"that started it (slm {'distill' if meta['objective'] == 'distill' else 'train'} --resume)"
+                )
+            if meta.get("tokenizer_hash") != tokenizer_hash(tok):
+                raise SlmError(f"{ckpt} was trained with another tokenizer than {run.tokenizer_path}")
+            start_step = meta["step"]
+            if cfg.train.max_steps < start_step:
+                raise SlmError(
+                    f"train.max_steps={cfg.train.max_steps} is below the checkpoint's step {start_step}; "
+                    f"set train.max_steps to {start_step} or more"
+                )
+            try:
+                load_checkpoint(ckpt, model, optimizer)
+            except SlmError as e:
+                if "do not fit" in str(e):
+                    raise  # a changed shape is not damage: every checkpoint would refuse it
+                damaged.append(str(e))
+                continue
+            break
+        else:
+            raise SlmError(damaged[0] if damaged else f"{run.path} has no complete checkpoint to resume from")
+        if damaged:
+            say(f"note: passed over {len(damaged)} damaged checkpoint(s) ({damaged[0]}); resuming from {ckpt.name}")
         objective.load_state(meta.get("objective_state", meta.get("distill")) or {})
         say(f"resuming {run.path} from step {start_step}")
     else:
