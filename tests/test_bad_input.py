@@ -135,6 +135,11 @@ CASES = [
     ("train-old-name", "train {w}/tiny.toml --set model.vocab_size=100 -o {w}/t", "is now 'tokenizer.vocab_size'"),
     ("train-vocab", "train {w}/tiny.toml --set tokenizer.vocab_size=100 -o {w}/t", "greater than or equal to 260"),
     ("train-no-inputs", "train {w}/tiny.toml --set data.inputs=['{w}/zzz/*'] -o {w}/t", "matches no file"),
+    (
+        "train-held-out-is-input",
+        "train {w}/tiny.toml --set data.inputs=['{w}/corpus'] --set data.val_inputs=['{w}/corpus'] -o {w}/t",
+        "nothing is left to train on",
+    ),
     ("train-mixture-no-shards", "train {w}/tiny.toml --set data.mixture={{a=1.0}} -o {w}/t", "needs data.shards"),
     ("train-zero-mixture", "train {w}/tiny.toml --set data.mixture={{a=0.0}} -o {w}/t", "all 0"),
     ("train-negative-lr", "train {w}/tiny.toml --set train.lr=-1 -o {w}/t", "greater than 0"),

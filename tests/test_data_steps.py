@@ -69,6 +69,21 @@ def test_text_splits_and_long_lines_and_bad_bytes(tmp_path):
     assert binary == [] and f4.dropped["read"] == {"binary_file": 1}
 
 
+def test_max_doc_chars_is_the_limit_in_characters_for_every_layout(tmp_path):
+    # 1001 ASCII characters are over max_chars=1000, though far below the 4000-byte read bound.
+    long, ok = "z" * 1001, "z" * 999  # (a line's newline is part of its document)
+    for name, body, kw in [
+        ("f.txt", long, {}),
+        ("l.txt", f"{long}\n{ok}\n", {"split": "line"}),
+        ("p.txt", f"{long}\n\n{ok}\n", {"split": "paragraph"}),
+        ("j.jsonl", json.dumps({"text": long}) + "\n" + json.dumps({"text": ok}) + "\n", {}),
+    ]:
+        docs, f = read(tmp_path, name, body.encode(), **kw)
+        assert f.dropped["read"] == {"too_long": 1}, name
+        assert [d.rstrip("\n") for d, _ in docs] == ([] if name == "f.txt" else [ok]), name
+        assert "max_doc_chars=1000" in f.errors[0]
+
+
 def test_a_line_of_tens_of_megabytes_streams_past(tmp_path):
     p = tmp_path / "big.jsonl"
     with p.open("wb") as fh:

@@ -612,5 +612,15 @@ def main() -> None:
         sys.exit(130)
 
 
+def lm_eval() -> None:
+    """`slm-lm-eval`: lm-evaluation-harness's own command line, with "slm" registered as a model."""
+    try:
+        from slm.eval.lm_eval_backend import main as run
+    except ModuleNotFoundError as e:
+        err_console.print(f"error: slm-lm-eval needs {e.name}: pip install 'slm[harness]'", markup=False)
+        sys.exit(2)
+    run()
+
+
 if __name__ == "__main__":
     main()

@@ -84,14 +84,16 @@ def _field(text: object, where: str, max_chars: int, funnel: Funnel) -> Iterator
     if not isinstance(text, str):
         funnel.drop("read", "missing_field")
         return
+    yield from _emit(text, where, funnel, len(text.encode()), max_chars)
+
+
+def _emit(text: str, where: str, funnel: Funnel, nbytes: int, max_chars: int) -> Iterator[Doc]:
+    # The byte limits while reading only bound memory (a character is up to 4 bytes); the
+    # character limit itself is enforced here, on every document whatever its source.
     if len(text) > max_chars:
-        funnel.drop("read", "too_long", len(text))
-        return
-    yield from _emit(text, where, funnel, len(text.encode()))
-
-
-def _emit(text: str, where: str, funnel: Funnel, nbytes: int) -> Iterator[Doc]:
-    if text.strip():
+        funnel.drop("read", "too_long", nbytes)
+        funnel.error(f"{where}: longer than normalize.max_doc_chars={max_chars}; skipped")
+    elif text.strip():
         funnel.keep("read", nbytes)
         yield text, where
     else:
@@ -112,7 +114,7 @@ def read_text(path: Path, split: str, max_chars: int, funnel: Funnel) -> Iterato
                 funnel.drop("read", "too_long", len(raw))
                 funnel.error(f"{path}: longer than normalize.max_doc_chars={max_chars}; skipped")
                 return
-            yield from _emit(_decode(raw, funnel), str(path), funnel, len(raw))
+            yield from _emit(_decode(raw, funnel), str(path), funnel, len(raw), max_chars)
             return
         para: list[str] = []
         start = 1
@@ -123,7 +125,7 @@ def read_text(path: Path, split: str, max_chars: int, funnel: Funnel) -> Iterato
                 continue
             line = _decode(raw, funnel)
             if split == "line":
-                yield from _emit(line, f"{path}:{lineno}", funnel, len(raw))
+                yield from _emit(line, f"{path}:{lineno}", funnel, len(raw), max_chars)
             elif line.strip():
                 if not para:
                     start = lineno
@@ -131,10 +133,10 @@ def read_text(path: Path, split: str, max_chars: int, funnel: Funnel) -> Iterato
             elif para:
                 text = "".join(para)
                 para = []
-                yield from _emit(text, f"{path}:{start}", funnel, len(text.encode()))
+                yield from _emit(text, f"{path}:{start}", funnel, len(text.encode()), max_chars)
         if para:
             text = "".join(para)
-            yield from _emit(text, f"{path}:{start}", funnel, len(text.encode()))
+            yield from _emit(text, f"{path}:{start}", funnel, len(text.encode()), max_chars)
 
 
 def read_jsonl(path: Path, field: str, max_chars: int, funnel: Funnel) -> Iterator[Doc]:
@@ -158,7 +160,7 @@ def read_jsonl(path: Path, field: str, max_chars: int, funnel: Funnel) -> Iterat
                 funnel.drop("read", "missing_field", len(raw))
                 funnel.error(f"{where}: no string field '{field}'; line skipped (set text_field)")
                 continue
-            yield from _emit(text, where, funnel, len(raw))
+            yield from _emit(text, where, funnel, len(raw), max_chars)
 
 
 def check_parquet(path: Path, field: str) -> None:

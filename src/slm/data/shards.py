@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from slm.data.batch import Batch, windows
-from slm.data.text import ReadStats, expand_inputs, read_documents
+from slm.data.text import ReadStats, read_documents, split_inputs
 from slm.errors import SlmError
 from slm.run import atomic_dir, atomic_write_text
 from slm.tokenizer import eos_id, tokenizer_hash
@@ -90,10 +90,7 @@ def prepare_shards(
 ) -> dict:
     """Tokenize text files into train/val shards. Returns the manifest (also written to out/manifest.json)."""
     stats = ReadStats()
-    train_files = expand_inputs(inputs, stats)
-    val_files = expand_inputs(val_inputs, stats) if val_inputs else []
-    held = {p.resolve() for p in val_files}
-    train_files = [p for p in train_files if p.resolve() not in held]
+    train_files, val_files = split_inputs(inputs, val_inputs, stats)
     manifest = write_shards(
         tok,
         read_documents(train_files, stats),

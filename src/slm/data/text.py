@@ -87,6 +87,22 @@ def expand_inputs(patterns: list[str], stats: ReadStats | None = None) -> list[P
     return files
 
 
+def split_inputs(
+    inputs: list[str], val_inputs: list[str] | None, stats: ReadStats | None = None
+) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files): a file named in both is held out, never trained on."""
+    val = expand_inputs(val_inputs, stats) if val_inputs else []
+    held = {p.resolve() for p in val}
+    every = expand_inputs(inputs, stats)
+    train = [p for p in every if p.resolve() not in held]
+    if not train:
+        raise SlmError(
+            f"every file of data.inputs {inputs} is also in data.val_inputs {val_inputs}, so nothing is left to "
+            "train on; name different files for the held-out set"
+        )
+    return train, val
+
+
 def read_documents(files: list[Path], stats: ReadStats) -> Iterator[str]:
     """One document per file. Binary files and empty files are skipped and counted."""
     for p in files:

@@ -46,6 +46,26 @@ def _fit(ctx: list[int], conts: list[list[int]], limit: int) -> tuple[list[int],
     return ctx, conts
 
 
+def continuation_logprobs(
+    model: Transformer, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8
+) -> list[tuple[float, bool]]:
+    """(summed log-probability, whether greedy decoding would produce it) of each continuation given its
+    context, as token ids; pairs sharing a context share its forward, and shared prefixes run once."""
+    limit = model.cfg.max_seq_len
+    by_ctx: dict[tuple[int, ...], list[int]] = {}
+    for k, (ctx, _) in enumerate(pairs):
+        by_ctx.setdefault(tuple(ctx), []).append(k)
+    groups = list(by_ctx.values())
+    encoded = [_fit(list(pairs[g[0]][0]), [list(pairs[k][1]) for k in g], limit) for g in groups]
+    scorer = _Scorer(model, encoded, batch_size, MIN_SAVED, lambda i: None)
+    scores = scorer.run()
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    for gi, g in enumerate(groups):
+        for j, k in enumerate(g):
+            out[k] = (scores[gi][j], scorer.greedy[gi][j])
+    return out
+
+
 def choice_logprobs(model: Transformer, tok: Tokenizer, item: Item, prefix: str) -> list[float]:
     """Sum of log-probabilities of each choice's tokens given the prompt, for one item on its own."""
     ctx, conts = _fit(*_encode_item(tok, item, prefix), model.cfg.max_seq_len)
@@ -97,6 +117,7 @@ class _Scorer:
         self.ctxs = [c for c, _ in encoded]
         self.conts = [c for _, c in encoded]
         self.scores: list[list[float]] = [[] for _ in encoded]
+        self.greedy: list[list[bool]] = [[] for _ in encoded]  # every choice token is the argmax
 
     @torch.no_grad()
     def run(self) -> list[list[float]]:
@@ -159,8 +180,10 @@ class _Scorer:
         # Only the last position's logits are needed: the vocabulary projection runs on one row per item.
         h = self.model.hidden(x, cache=batch_cache)[torch.arange(len(idx), device=self.device), last]
         logp = torch.log_softmax(self.model.lm_head(h).float(), -1)
+        best = logp.argmax(-1).tolist()
         for row, i in enumerate(idx):
             self.scores[i] = [float(logp[row, c[0]]) for c in self.conts[i]]
+            self.greedy[i] = [c[0] == best[row] for c in self.conts[i]]
             self.on_item(i)
 
     def choices(self, i: int, depth: int, cache: KVCache | None) -> None:
@@ -170,6 +193,8 @@ class _Scorer:
         h = self.model.hidden(torch.tensor([ctx[depth:]], device=self.device), cache=own)
         first = torch.log_softmax(self.model.lm_head(h[0, -1]).float(), -1)
         scores = [float(first[c[0]]) for c in conts]
+        top = int(first.argmax())
+        greedy = [c[0] == top for c in conts]
         if longest > 1:
             n = len(conts)
             own.k = [k.expand(n, -1, -1, -1).contiguous() for k in own.k]
@@ -178,9 +203,12 @@ class _Scorer:
             rows = torch.tensor([c[:-1] + [c[-1]] * (longest - len(c)) for c in conts], device=self.device)
             logits, _ = self.model(rows[:, : longest - 1], cache=own)
             logp = torch.log_softmax(logits.float(), -1)
+            best = logp.argmax(-1).tolist()
             for r, c in enumerate(conts):
                 scores[r] += sum(float(logp[r, j - 1, c[j]]) for j in range(1, len(c)))
+                greedy[r] = greedy[r] and all(best[r][j - 1] == c[j] for j in range(1, len(c)))
         self.scores[i] = scores
+        self.greedy[i] = greedy
         self.on_item(i)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,11 @@ body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:1100px;paddin
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1rem}
-.plot{border:1px solid #eee;padding:.3rem}pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:13px}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(440px,100%),1fr));gap:1rem}
+.plot{border:1px solid #eee;padding:.3rem;min-width:0}.plot svg{display:block;width:100%;height:auto}
+pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:13px}
+.samples{border:1px solid #eee;padding:0 1rem;overflow-wrap:anywhere}
+.samples h1,.samples h2,.samples h3{font-size:1rem;border:0;margin:1rem 0 .3rem}
 .muted{color:#777}
 """
 
@@ -56,21 +60,32 @@ def svg(fig) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    text = text[text.index("<svg") :]
+    # matplotlib writes a fixed size in points; without it the viewBox scales the plot to its cell.
+    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", text, count=1)
+
+
+def markdown(text: str) -> str:
+    """Markdown (samples.md) as HTML; raw HTML in it is shown as text, never injected."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).render(text)
+
+
+def _series(r: dict, key: str) -> list[dict]:
+    return [m for m in r["metrics"] if m.get(key) is not None and m[key] == m[key]]
 
 
 def _plot(runs: list[dict], key: str, x: str, title: str, ylabel: str, logy: bool = False) -> str | None:
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    drew = False
-    for r in runs:
-        rows = [m for m in r["metrics"] if key in m and m[key] is not None and m[key] == m[key]]
-        if rows:
-            marker = "o" if key.startswith("val_") else None
-            ax.plot([m[x] for m in rows], [m[key] for m in rows], marker=marker, markersize=4, label=r["name"])
-            drew = True
-    if not drew:
-        plt.close(fig)
+    """A line per run; None when no run has two points to join (one value is in the tables instead)."""
+    if all(len(_series(r, key)) < 2 for r in runs):
         return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for r in runs:
+        rows = _series(r, key)
+        if rows:
+            marker = "o" if key.startswith("val_") or len(rows) == 1 else None
+            ax.plot([m[x] for m in rows], [m[key] for m in rows], marker=marker, markersize=4, label=r["name"])
     ax.set_title(title)
     ax.set_xlabel("tokens" if x == "tokens" else "step")
     ax.set_ylabel(ylabel)
@@ -155,6 +170,8 @@ def render(runs: list[dict]) -> str:
     parts.append(
         "<h2>Training</h2><div class=plots>" + "".join(f"<div class=plot>{p}</div>" for p in plots if p) + "</div>"
     )
+    if plots[1] is None and any(_series(r, "val_bpb") for r in runs):
+        parts.append("<p class=muted>One validation evaluation per run: its bits-per-byte is in the summary.</p>")
     eval_rows = []
     for r in runs:
         for task, res in r["eval"].get("tasks", {}).items():
@@ -195,7 +212,8 @@ def render(runs: list[dict]) -> str:
             )
     for r in runs:
         if r["samples"]:
-            parts.append(f"<h2>Samples · {html.escape(r['name'])}</h2><pre>{html.escape(r['samples'])}</pre>")
+            title = f"<h2>Samples · {html.escape(r['name'])}</h2>"
+            parts.append(f"{title}<div class=samples>{markdown(r['samples'])}</div>")
     for r in runs:
         parts.append(
             f"<h2>Config · {html.escape(r['name'])}</h2><details open><summary>config.toml</summary>"

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from slm.config import Config
 from slm.data.mixture import MixtureShards, is_corpus, natural_weights
 from slm.data.shards import Shards, prepare_shards
-from slm.data.text import ReadStats, expand_inputs, read_documents
+from slm.data.text import ReadStats, read_documents, split_inputs
 from slm.errors import SlmError
 from slm.run import Run, atomic_write_text
 from slm.tokenizer import load_tokenizer, train_tokenizer
@@ -19,8 +19,7 @@ from slm.tokenizer import load_tokenizer, train_tokenizer
 
 def train_tokenizer_from_inputs(cfg: Config) -> Tokenizer:
     stats = ReadStats()
-    held = {p.resolve() for p in expand_inputs(cfg.data.val_inputs)} if cfg.data.val_inputs else set()
-    files = [p for p in expand_inputs(cfg.data.inputs, stats) if p.resolve() not in held]
+    files, _ = split_inputs(cfg.data.inputs, cfg.data.val_inputs, stats)
     t = cfg.tokenizer
     budget, used, docs = t.sample_mb * 1e6, 0, []
     for doc in read_documents(files, stats):
