@@ -62,7 +62,7 @@ def slm(*args: str) -> str:
 def prepare(work: Path) -> None:
     from slm.data.builtin import domain_files, domains
     from slm.data.shards import prepare_shards
-    from slm.export.imports import import_model
+    from slm.model.imports import import_model
     from slm.tokenizer import load_tokenizer
 
     if not (work / "teacher" / "config.toml").exists():

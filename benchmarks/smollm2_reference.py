@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from slm.eval.evaluate import evaluate
-from slm.export.imports import import_model
+from slm.model.imports import import_model
 from slm.model.load import packaged_gguf
 
 REPO = Path(__file__).resolve().parents[1]

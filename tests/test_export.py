@@ -11,7 +11,7 @@ from rich.console import Console
 from slm.config import Config
 from slm.errors import SlmError
 from slm.export.hf import export_hf
-from slm.export.imports import import_model
+from slm.model.imports import import_model
 from slm.model.load import load_model
 from slm.run import Run
 from slm.train.loop import train

@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 
 from slm.eval.evaluate import evaluate
-from slm.export.imports import import_model
+from slm.model.imports import import_model
 from slm.model.load import load_model, packaged_gguf
 
 REPO = Path(__file__).resolve().parents[1]

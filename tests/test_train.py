@@ -10,6 +10,7 @@ from rich.console import Console
 
 import slm.train.checkpoint as ckpt_mod
 from slm.config import Config
+from slm.data.shards import Batcher
 from slm.errors import SlmError
 from slm.model.load import load_model
 from slm.run import Run
@@ -56,17 +57,17 @@ def test_end_to_end_tiny_run(tiny_cfg: Config, tmp_path: Path):
 def test_resume_gives_the_same_loss_curve(tiny_cfg: Config, tmp_path: Path, monkeypatch):
     tiny_cfg.model.dropout = 0.1  # dropout makes the RNG state part of what must be restored
     run_train(tiny_cfg, tmp_path / "straight")
-    real_batch = loop.Batcher.batch
+    real_batch = Batcher.batch
 
     def killed_at_9(self, step, index):
         if step == 8:
             raise KeyboardInterrupt
         return real_batch(self, step, index)
 
-    monkeypatch.setattr(loop.Batcher, "batch", killed_at_9)
+    monkeypatch.setattr(Batcher, "batch", killed_at_9)
     with pytest.raises(KeyboardInterrupt):
         run_train(tiny_cfg, tmp_path / "killed")
-    monkeypatch.setattr(loop.Batcher, "batch", real_batch)
+    monkeypatch.setattr(Batcher, "batch", real_batch)
     # A kill can also leave a half-written checkpoint folder behind.
     (tmp_path / "killed" / "checkpoints" / ".step_0000008.abc.tmp").mkdir()
     assert max(losses(tmp_path / "killed")) == 8

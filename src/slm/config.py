@@ -35,6 +35,7 @@ class TokenizerConfig(Section):
     )
     min_frequency: int = Field(2, ge=1)
     eos_token: str = "<|endoftext|>"
+    chat_tokens: bool = Field(False, description="a trained tokenizer gets ChatML's <|im_start|> and <|im_end|>")
     sample_mb: float = Field(64.0, gt=0, description="text read to train a tokenizer, at most")
 
 
@@ -109,6 +110,11 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
+    init: str | None = Field(
+        None,
+        description="start from this model (slm run, transformers folder, .gguf, package:NAME): its shape, "
+        "tokenizer and chat template replace [model] and [tokenizer]",
+    )
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch per process")
     grad_accum: int | None = Field(
         None, ge=1, description="micro-batches per step, summed over all processes; default one per process"
@@ -226,9 +232,28 @@ class MixConfig(Section):
         return self
 
 
+class SftConfig(Section):
+    """Instruction tuning: the [sft] table of a recipe run by `slm sft` (and only there)."""
+
+    data: list[str] = Field(default_factory=list, description="conversation JSONL/Parquet files, folders or globs")
+    val_data: list[str] = Field(default_factory=list, description="held-out conversations (else val_fraction)")
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share held out by content hash without val_data")
+    loss_on: Literal["assistant", "all"] = Field("assistant", description="which turns are targets of the loss")
+    overlong: Literal["drop", "truncate"] = Field("drop", description="conversations over train.seq_len + 1 tokens")
+    template: str | None = Field(None, description="'chatml' or a Jinja file; default the model's own template")
+
+    @model_validator(mode="after")
+    def _check(self) -> SftConfig:
+        if not self.data:
+            raise ValueError(
+                "name sft.data: conversation files (JSONL with messages, instruction/output or prompt/completion)"
+            )
+        return self
+
+
 class Config(Section):
-    """A training recipe. [distill] belongs to `slm distill` and [mix] to `slm mix`; a run's config.toml holds
-    only the sections its command uses."""
+    """A training recipe. [distill] belongs to `slm distill`, [mix] to `slm mix`, [sft] to `slm sft`; a run's
+    config.toml holds only the sections its command uses."""
 
     name: str = "run"
     out_dir: str = "runs"
@@ -240,6 +265,7 @@ class Config(Section):
     track: TrackConfig = Field(default_factory=TrackConfig)
     distill: DistillConfig | None = None
     mix: MixConfig | None = None
+    sft: SftConfig | None = None
 
     @property
     def seq_len(self) -> int:
@@ -247,7 +273,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _check_seq(self) -> Config:
-        if self.train.seq_len and self.train.seq_len > self.model.max_seq_len:
+        # With train.init the context is the source's, checked once it is read (train/init.py).
+        if self.train.seq_len and self.train.seq_len > self.model.max_seq_len and not self.train.init:
             raise ValueError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.data.mixture and not self.data.shards:
             raise ValueError("data.mixture needs data.shards = a corpus folder of per-domain shards")

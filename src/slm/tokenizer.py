@@ -14,18 +14,25 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from slm.errors import SlmError
 
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")  # the turn marks of ChatML, the chat layout most models use
+
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, eos_token: str = "<|endoftext|>"
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    min_frequency: int = 2,
+    eos_token: str = "<|endoftext|>",
+    chat_tokens: bool = False,
 ) -> Tokenizer:
-    """Byte-level BPE: every byte is in the base alphabet, so any UTF-8 text round-trips exactly."""
+    """Byte-level BPE: every byte is in the base alphabet, so any UTF-8 text round-trips exactly. With
+    chat_tokens, ChatML's turn marks are special tokens too (for instruction tuning with sft.template='chatml')."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[eos_token],
+        special_tokens=[eos_token, *(CHATML_TOKENS if chat_tokens else ())],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

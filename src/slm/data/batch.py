@@ -19,6 +19,11 @@ class Batch:
     inputs: torch.Tensor  # (B, T) token ids
     targets: torch.Tensor  # (B, T) the next token at each position, or IGNORE
     teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # cached top-k (ids, log-probs): (B, T, k) each
+    real_tokens: int | None = None  # input positions that are not padding (None: all of them)
+
+    @property
+    def tokens(self) -> int:
+        return self.inputs.numel() if self.real_tokens is None else self.real_tokens
 
     @property
     def loss_mask(self) -> torch.Tensor:

@@ -372,7 +372,7 @@ def _tokenizer(cfg: PipelineConfig, out: Path, work: Path, tasks: list[Task], ke
                         yield d
                 streams = alive
 
-        tok = train_tokenizer(sample(), t.vocab_size or 8192, t.min_frequency, t.eos_token)
+        tok = train_tokenizer(sample(), t.vocab_size or 8192, t.min_frequency, t.eos_token, t.chat_tokens)
     atomic_write_text(path, tok.to_str(pretty=True))
     return tok
 

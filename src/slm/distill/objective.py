@@ -25,6 +25,7 @@ from slm.run import Run
 from slm.tokenizer import load_tokenizer, tokenizer_hash
 from slm.train.loop import Dist, autocast_for, pick_device
 from slm.train.objective import Env, Objective
+from slm.train.setup import prepare_run
 
 
 def distill_config(cfg: Config):
@@ -39,6 +40,10 @@ class DistillObjective(Objective):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         d = distill_config(cfg)
+        if cfg.train.init:
+            raise SlmError(
+                "slm distill starts the student from scratch or from the teacher (distill.init); drop train.init"
+            )
         if d.kd_weight == 0 and d.ce_weight == 0:
             raise SlmError("distill.kd_weight and distill.ce_weight are both 0: nothing to learn from")
         self.d = d
@@ -178,16 +183,23 @@ class DistillObjective(Objective):
 
 
 def build_cache_only(cfg: Config, run: Run, say: Callable[[str], None], progress=None) -> dict:
-    """`slm distill --cache-only`: the teacher's top-k cache of data.shards, without training a student."""
+    """`slm distill --cache-only`: the teacher's top-k cache of the training data, without training a student.
+    The data is data.shards, or data.inputs tokenized with the teacher's tokenizer into the run folder (as
+    `slm distill` itself would)."""
     d = distill_config(cfg)
-    if not (d.cache and d.teacher and cfg.data.shards):
-        raise SlmError("--cache-only needs distill.teacher, distill.cache and data.shards (the shards to cache)")
+    if not (d.cache and d.teacher):
+        raise SlmError("--cache-only needs distill.teacher and distill.cache (the folder to write)")
     run.path.mkdir(parents=True, exist_ok=True)
     objective = DistillObjective(cfg)
-    objective.teacher_path = teacher_run(d.teacher, run.path)
+    objective.prepare(cfg, run, say)
     device = pick_device(Dist())
     _, dtype_name = autocast_for(cfg.train.dtype, device)
-    shards = Shards.open(cfg.data.shards)
+    if cfg.data.shards:
+        shards = Shards.open(cfg.data.shards)
+    else:
+        _, shards = prepare_run(cfg, run, log=say)
+    if shards.domains:
+        raise SlmError("distill.cache works with one shard folder (data.shards), not with data.mixture")
     objective.setup_teacher(device, dtype_name)
     if shards.manifest["tokenizer_hash"] != objective.teacher_tokenizer_hash:
         raise SlmError(f"{cfg.data.shards} was not made with the teacher's tokenizer; re-run slm prepare with it")

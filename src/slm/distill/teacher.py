@@ -10,7 +10,8 @@ import torch
 from tokenizers import Tokenizer
 
 from slm.errors import SlmError
-from slm.model.io import WEIGHTS, is_run, resolve_checkpoint
+from slm.model.imports import import_once
+from slm.model.io import WEIGHTS, resolve_checkpoint
 from slm.model.load import load_model
 from slm.model.transformer import Transformer
 
@@ -18,23 +19,7 @@ from slm.model.transformer import Transformer
 def teacher_run(source: str | Path, workdir: Path) -> Path:
     """The teacher as an slm run folder: itself, or anything else the loader takes (a transformers folder,
     a GGUF file, package:NAME) imported once into `workdir/teacher`."""
-    if not str(source).startswith("package:"):
-        src = Path(source)
-        if is_run(src):
-            return src
-        if not src.exists():
-            raise SlmError(
-                f"teacher {src} not found; give an slm run, a transformers folder, a .gguf file or package:NAME"
-            )
-    dest = workdir / "teacher"
-    if not (dest / "config.toml").is_file():
-        from slm.export.imports import import_model
-
-        try:
-            import_model(source, dest, force=True)
-        except SlmError as e:
-            raise SlmError(f"teacher cannot be loaded: {e}") from None
-    return dest
+    return import_once(source, workdir / "teacher", "teacher")
 
 
 def load_teacher(run_path: Path, device: torch.device) -> tuple[Transformer, Tokenizer]:

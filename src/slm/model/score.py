@@ -97,6 +97,49 @@ def score(
     return [(float(a), int(b)) for a, b in out]
 
 
+def score_masked(
+    model: Transformer,
+    seqs: Sequence[Sequence[int]],
+    masks: Sequence[Sequence[bool]],
+    batch_size: int = 8,
+    autocast: torch.autocast | None = None,
+) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood in nats, tokens scored) of each sequence, counting only the tokens
+    whose mask is True (an answer given its prompt). Sequences must fit the model's context."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    head_rows = max(1, HEAD_ELEMENTS // model.vocab_size)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
+    out = [(0.0, 0)] * len(seqs)
+    with torch.no_grad():
+        for a in range(0, len(order), batch_size):
+            idx = order[a : a + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            rows = torch.zeros(len(idx), width, dtype=torch.long)
+            keep = torch.zeros(len(idx), width, dtype=torch.bool)
+            for r, i in enumerate(idx):
+                rows[r, : len(seqs[i])] = torch.as_tensor(list(seqs[i]))
+                keep[r, : len(masks[i])] = torch.as_tensor(list(masks[i]), dtype=torch.bool)
+            keep[:, 0] = False  # the first token has nothing before it
+            rows, keep = rows.to(device), keep[:, 1:].to(device)
+            with autocast if autocast is not None else nullcontext():
+                h = model.hidden(rows[:, :-1])
+            hs, ys = h[keep], rows[:, 1:][keep]
+            owner = torch.arange(len(idx), device=device).unsqueeze(1).expand_as(keep)[keep]
+            nll = torch.empty(len(ys), dtype=torch.float32, device=device)
+            for b in range(0, len(ys), head_rows):
+                with autocast if autocast is not None else nullcontext():
+                    logits = model.lm_head(hs[b : b + head_rows])
+                nll[b : b + head_rows] = F.cross_entropy(logits.float(), ys[b : b + head_rows], reduction="none")
+            sums = torch.zeros(len(idx), dtype=torch.float64, device=device).index_add_(0, owner, nll.double())
+            counts = keep.sum(1)
+            for r, i in enumerate(idx):
+                out[i] = (float(sums[r]), int(counts[r]))
+    model.train(was_training)
+    return out
+
+
 def lm_metrics(nll_sum: float, n_tok: int, n_bytes: int) -> dict[str, float]:
     """Loss (nats per token), perplexity and bits-per-byte from summed NLL, predicted tokens and their bytes."""
     loss = nll_sum / max(n_tok, 1)

@@ -24,18 +24,15 @@ import torch.distributed as dist
 from rich.console import Console
 
 from slm.config import Config
-from slm.data.shards import Batcher
 from slm.errors import SlmError
-from slm.model.score import lm_metrics, tokens_bpb
 from slm.model.transformer import Transformer
 from slm.progress import progress as show_progress
 from slm.run import Run, read_json
-from slm.tokenizer import token_byte_lengths, tokenizer_hash
+from slm.tokenizer import tokenizer_hash
 from slm.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from slm.train.objective import Env, Objective
 from slm.train.samples import write_samples
 from slm.train.schedule import lr_at
-from slm.train.setup import prepare_run
 from slm.train.tracking import Trackers
 
 
@@ -145,17 +142,13 @@ def train(
 
     # ---- data and tokenizer (rank 0 prepares; the others wait and then read the same files)
     d.rank0_first(lambda: objective.prepare(cfg, run, say))
-    tok, shards = d.rank0_first(lambda: prepare_run(cfg, run, log=say))
+    tok, shards = d.rank0_first(lambda: objective.prepare_data(cfg, run, say))
     cfg.tokenizer.vocab_size = vocab_size_for(cfg, tok)
     seq_len = cfg.seq_len
-    val_tokens = shards.tokens("val")
     batcher = shards.batcher(seq_len, cfg.train.batch_size, cfg.train.seed)
-    Batcher(val_tokens, seq_len, 1, 0, split="val")  # fail now, not at the first evaluation
-    byte_lengths = token_byte_lengths(tok)
     accum = cfg.train.grad_accum // d.world
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * seq_len
     autocast, dtype_name = autocast_for(cfg.train.dtype, device)
-    env = Env(cfg, run, tok, shards, batcher, seq_len, device, dtype_name, say)
+    env = Env(cfg, run, tok, shards, batcher, seq_len, device, dtype_name, say, autocast)
     d.rank0_first(lambda: objective.setup(env))
 
     # ---- model and optimizer; a resume is checked before anything in the run folder changes
@@ -176,7 +169,7 @@ def train(
             if meta.get("objective", objective.name) != objective.name:
                 raise SlmError(
                     f"{run.path} was trained with the {meta['objective']} objective; resume it with the command "
-                    f"that started it (slm {'distill' if meta['objective'] == 'distill' else 'train'} --resume)"
+                    f"that started it (slm {'train' if meta['objective'] == 'lm' else meta['objective']} --resume)"
                 )
             if meta.get("tokenizer_hash") != tokenizer_hash(tok):
                 raise SlmError(f"{ckpt} was trained with another tokenizer than {run.tokenizer_path}")
@@ -219,40 +212,13 @@ def train(
     say(
         f"model: {raw_model.num_params(False) / 1e6:.2f}M parameters "
         f"({raw_model.num_params() / 1e6:.2f}M non-embedding), {dtype_name}, objective {objective.name}, "
-        f"{tokens_per_step:,} tokens/step, {d.world} process(es), {threads} thread(s) each"
+        f"{cfg.train.batch_size * cfg.train.grad_accum} sequences of up to {seq_len} tokens/step, "
+        f"{d.world} process(es), {threads} thread(s) each"
     )
-
-    def evaluate(max_tokens: int | None, tokens: Any = None) -> dict[str, float]:
-        return tokens_bpb(
-            raw_model,
-            val_tokens if tokens is None else tokens,
-            byte_lengths,
-            seq_len,
-            max_tokens,
-            cfg.train.batch_size,
-            autocast if dtype_name == "bfloat16" else None,
-        )
-
-    by_domain: dict[str, dict[str, float]] = {}
-
-    def evaluate_final() -> dict[str, float]:
-        """The whole held-out split, once. A mixture is scored domain by domain (mixture search needs each), and
-        its overall figure pools the sums of the validation domains rather than scoring the same text again."""
-        if not shards.domains:
-            return evaluate(None)
-        for dm in shards.domains:
-            if len(toks := shards.domain_val(dm)) > seq_len:
-                by_domain[dm] = evaluate(None, toks)
-        pooled = [by_domain[dm] for dm in shards.val_domains if dm in by_domain]
-        return lm_metrics(
-            sum(r["loss"] * r["tokens"] for r in pooled),
-            sum(r["tokens"] for r in pooled),
-            sum(r["bytes"] for r in pooled),
-        )
 
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
         meta = {
-            "tokens_seen": step * tokens_per_step,
+            "tokens_seen": tokens_seen,
             "vocab_size": cfg.tokenizer.vocab_size,
             "tokenizer_hash": tokenizer_hash(tok),
             "val_loss": val and val["loss"],
@@ -282,6 +248,9 @@ def train(
     # A resumed run's clock and last loss continue from its log, so its summary covers the whole run.
     t_start = time.perf_counter() - (before[-1].get("elapsed", 0.0) if before else 0.0)
     t_log, tokens_since_log = time.perf_counter(), 0
+    # Tokens are counted as batches are drawn (a padded conversation counts only its own tokens); a resume
+    # continues the count its checkpoint saved.
+    tokens_seen = int(meta.get("tokens_seen", 0)) if resume else 0
     last_val: dict[str, float] | None = None
     loss_val = before[-1]["loss"] if before else float("nan")
     trackers = Trackers(cfg, run) if d.master else None
@@ -308,8 +277,10 @@ def train(
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 loss_sum = torch.zeros((), device=device)
+                step_tokens = 0
                 for micro in range(accum):
                     batch = objective.batch(step, micro * d.world + d.rank).to(device)
+                    step_tokens += batch.tokens
                     sync = d.world == 1 or micro == accum - 1
                     with nullcontext() if sync else forward.no_sync(), autocast:
                         loss = objective.loss(forward, raw_model, batch)
@@ -331,7 +302,12 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 extra = objective.end_step(step, loss_val)
                 done = step + 1
-                tokens_since_log += tokens_per_step
+                if d.world > 1:  # every process draws different micro-batches of the same step
+                    t = torch.tensor([step_tokens], device=device)
+                    dist.all_reduce(t)
+                    step_tokens = int(t.item())
+                tokens_seen += step_tokens
+                tokens_since_log += step_tokens
 
                 if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
                     if d.world > 1:
@@ -345,7 +321,7 @@ def train(
                         log(
                             {
                                 "step": done,
-                                "tokens": done * tokens_per_step,
+                                "tokens": tokens_seen,
                                 "loss": loss_val,
                                 "lr": lr,
                                 "grad_norm": gnorm,
@@ -360,11 +336,11 @@ def train(
 
                 if d.master and (done % cfg.train.eval_every == 0 or done == cfg.train.max_steps):
                     t_eval = time.perf_counter()
-                    last_val = evaluate_final() if done == cfg.train.max_steps else evaluate(cfg.train.eval_tokens)
+                    last_val = objective.evaluate(raw_model, final=done == cfg.train.max_steps)
                     log(
                         {
                             "step": done,
-                            "tokens": done * tokens_per_step,
+                            "tokens": tokens_seen,
                             "val_loss": last_val["loss"],
                             "val_bpb": last_val["bpb"],
                         }
@@ -382,15 +358,14 @@ def train(
     elapsed = time.perf_counter() - t_start
     summary: dict[str, Any] = {
         "steps": cfg.train.max_steps,
-        "tokens": cfg.train.max_steps * tokens_per_step,
+        "tokens": tokens_seen,
         "train_loss": loss_val if math.isfinite(loss_val) else None,
         "train_seconds": elapsed,
     }
     if d.master:
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
-        final = last_val if last_val is not None else evaluate_final()
-        if by_domain:
-            summary["val_bpb_by_domain"] = {dm: r["bpb"] for dm, r in by_domain.items()}
+        final = last_val if last_val is not None else objective.evaluate(raw_model, final=True)
+        summary.update(objective.summary())
         summary.update(
             {
                 "val_loss": final["loss"],

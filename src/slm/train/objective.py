@@ -8,12 +8,15 @@ objectives; a new method (masked SFT, policy-gradient RL) is a new objective, ne
 Hooks are called in this order; those that may write shared files run on rank 0 first, then on the others:
 
     prepare(cfg, run, say)   before the tokenizer and data exist (e.g. adopt a teacher's tokenizer)
+    prepare_data(cfg, run, say) -> (tokenizer, data)   data has batcher(seq_len, batch_size, seed)
     setup(env)               once data, tokenizer and device are known (e.g. load a teacher, build a cache)
     init_model(model)        fresh runs only, before the optimiser is made (e.g. copy teacher layers)
     batch(step, index)       micro-batch `index` of step `step`: the same on every process and every resume
     loss(forward, model, batch)  the scalar to minimise; `forward` is the module to call (DDP-wrapped),
                              `model` the plain Transformer (for its weights)
     end_step(step, loss)     after the optimiser step: metrics to log with the step
+    evaluate(model, final)   held-out loss and bits-per-byte (final: the whole held-out set) on rank 0
+    summary()                extra fields for summary.json after the final evaluation
     state() / load_state()   JSON-able state saved in each checkpoint's meta.json and restored on resume
 """
 
@@ -28,8 +31,13 @@ from tokenizers import Tokenizer
 
 from slm.config import Config
 from slm.data.batch import Batch
+from slm.data.shards import Batcher
+from slm.model.score import lm_metrics, tokens_bpb
 from slm.model.transformer import Transformer
 from slm.run import Run
+from slm.tokenizer import token_byte_lengths
+from slm.train.init import adopt_init, load_init_weights
+from slm.train.setup import prepare_run
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Env:
     device: torch.device
     dtype: str  # "float32" or "bfloat16": what the loop's autocast runs in
     say: Callable[[str], None]
+    autocast: Any = None  # the loop's autocast context (evaluation runs in it when dtype is bfloat16)
 
 
 class Objective:
@@ -56,13 +65,24 @@ class Objective:
         self.cfg = cfg
 
     def prepare(self, cfg: Config, run: Run, say: Callable[[str], None]) -> None:
-        pass
+        if cfg.train.init:
+            adopt_init(cfg, run, say)
+
+    def prepare_data(self, cfg: Config, run: Run, say: Callable[[str], None]) -> tuple[Tokenizer, Any]:
+        return prepare_run(cfg, run, log=say)
 
     def setup(self, env: Env) -> None:
         self.env = env
+        self.by_domain: dict[str, dict[str, float]] = {}
+        if hasattr(env.shards, "tokens"):
+            self.val_tokens = env.shards.tokens("val")
+            Batcher(self.val_tokens, env.seq_len, 1, 0, split="val")  # fail now, not at the first evaluation
+            self.byte_lengths = token_byte_lengths(env.tokenizer)
 
     def init_model(self, model: Transformer) -> None:
-        pass
+        if self.cfg.train.init:
+            load_init_weights(model, self.cfg, self.env.run)
+            self.env.say(f"weights from {self.cfg.train.init}")
 
     def batch(self, step: int, index: int) -> Batch:
         return self.env.batcher.batch(step, index)
@@ -73,6 +93,33 @@ class Objective:
 
     def end_step(self, step: int, loss: float) -> dict[str, float]:
         return {}
+
+    def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
+        """Bits-per-byte of held-out windows: eval_tokens of them, or (final) the whole split. A mixture's
+        final figure is scored domain by domain (mixture search needs each) and pools the validation
+        domains' sums rather than scoring the same text again."""
+        e = self.env
+        if not final:
+            return self._bpb(model, self.val_tokens, e.cfg.train.eval_tokens)
+        if not e.shards.domains:
+            return self._bpb(model, self.val_tokens, None)
+        for dm in e.shards.domains:
+            if len(toks := e.shards.domain_val(dm)) > e.seq_len:
+                self.by_domain[dm] = self._bpb(model, toks, None)
+        pooled = [self.by_domain[dm] for dm in e.shards.val_domains if dm in self.by_domain]
+        return lm_metrics(
+            sum(r["loss"] * r["tokens"] for r in pooled),
+            sum(r["tokens"] for r in pooled),
+            sum(r["bytes"] for r in pooled),
+        )
+
+    def _bpb(self, model: Transformer, tokens: Any, max_tokens: int | None) -> dict[str, float]:
+        e = self.env
+        cast = e.autocast if e.dtype == "bfloat16" else None
+        return tokens_bpb(model, tokens, self.byte_lengths, e.seq_len, max_tokens, e.cfg.train.batch_size, cast)
+
+    def summary(self) -> dict[str, Any]:
+        return {"val_bpb_by_domain": {dm: r["bpb"] for dm, r in self.by_domain.items()}} if self.by_domain else {}
 
     def state(self) -> dict:
         return {}

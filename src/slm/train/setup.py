@@ -29,7 +29,7 @@ def train_tokenizer_from_inputs(cfg: Config) -> Tokenizer:
             break
     if not docs:
         raise SlmError(f"no text found in {cfg.data.inputs}: every file was empty or binary")
-    return train_tokenizer(docs, t.vocab_size or 4096, t.min_frequency, t.eos_token)
+    return train_tokenizer(docs, t.vocab_size or 4096, t.min_frequency, t.eos_token, t.chat_tokens)
 
 
 def prepare_run(cfg: Config, run: Run, log: Callable[[str], None] = print) -> tuple[Tokenizer, Shards]:

@@ -13,8 +13,6 @@ from slm.run import Run
 from slm.train.loop import train
 from slm.train.objective import Objective
 
-COMMAND = {"lm": "slm train", "distill": "slm distill"}
-
 
 def check_recipe(cfg: Config, objective: Objective, source: str) -> None:
     """A recipe's optional tables say which command it is for; `slm train` never turns into another."""
@@ -22,6 +20,8 @@ def check_recipe(cfg: Config, objective: Objective, source: str) -> None:
         raise SlmError(f"{source} has a [mix] table: it is a mixture-search recipe, run it with `slm mix run`")
     if cfg.distill is not None and objective.name != "distill":
         raise SlmError(f"{source} has a [distill] table: run it with `slm distill` (or remove the table to train)")
+    if cfg.sft is not None and objective.name != "sft":
+        raise SlmError(f"{source} has an [sft] table: run it with `slm sft`")
 
 
 def start(

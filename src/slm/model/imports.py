@@ -1,4 +1,5 @@
-"""`slm import`: bring a transformers Llama/Qwen3 folder or a GGUF file into an slm run folder.
+"""`slm import`: bring a transformers Llama/Qwen3 folder or a GGUF file into an slm run folder; and the same
+once, inside a run, for a model a run starts from or learns from (train.init, distill.teacher).
 
 The source is read by the one loader (model/load.py). The run holds the weights as checkpoint step 0, in
 the precision the source stored them (quantised GGUF tensors as bfloat16: a 98 MB Q4_1 file becomes about
@@ -12,7 +13,8 @@ import json
 from pathlib import Path
 
 from slm.config import config_to_toml
-from slm.model.io import WEIGHTS, save_weights
+from slm.errors import SlmError
+from slm.model.io import WEIGHTS, is_run, save_weights
 from slm.model.load import read_source, source_summary
 from slm.run import atomic_dir, refuse_existing
 from slm.tokenizer import tokenizer_hash
@@ -46,3 +48,22 @@ def import_model(src: str | Path, out: str | Path, force: bool = False) -> Path:
         (ck / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "checkpoints" / "LATEST").write_text("step_0000000\n")
     return out
+
+
+def import_once(source: str | Path, dest: Path, what: str) -> Path:
+    """`source` as an slm run folder: itself when it is one, else imported into `dest` the first time (a
+    resumed run, or another process of the same run, finds it there)."""
+    if not str(source).startswith("package:"):
+        src = Path(source)
+        if is_run(src):
+            return src
+        if not src.exists():
+            raise SlmError(
+                f"{what} {src} not found; give an slm run, a transformers folder, a .gguf file or package:NAME"
+            )
+    if not (dest / "config.toml").is_file():
+        try:
+            import_model(source, dest, force=True)
+        except SlmError as e:
+            raise SlmError(f"{what} cannot be loaded: {e}") from None
+    return dest

@@ -1,0 +1,96 @@
+"""Conversation data: JSONL (or Parquet) records in any of the layouts instruction data comes in, as lists
+of messages.
+
+    {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}   OpenAI / chat
+    {"instruction": "...", "input": "...", "output": "..."}                            Alpaca
+    {"prompt": "...", "completion": "..."}                                             prompt-completion
+
+Any record may add "system". A record that fits none of them, or breaks the messages rules (an unknown
+role, empty content, no assistant turn), is skipped and named file:line; the skips are counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slm.data.readers import open_binary
+from slm.data.text import expand_inputs
+from slm.errors import SlmError
+from slm.sft.template import Message, check_messages
+
+MAX_NAMED = 20  # skipped records named one by one; the rest are counted
+
+
+@dataclass
+class ReadReport:
+    read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def skip(self, where: str, why: str) -> None:
+        self.skipped[why.split(":")[0]] += 1
+        if len(self.errors) < MAX_NAMED:
+            self.errors.append(f"{where}: {why}")
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "skipped": dict(self.skipped), "errors": self.errors}
+
+
+def to_messages(record: object) -> list[Message]:
+    """One record in any supported layout, as checked messages (SlmError says what is wrong)."""
+    if not isinstance(record, dict):
+        raise SlmError("not a JSON object")
+    system = record.get("system")
+    if "messages" in record:
+        msgs = record["messages"]
+    elif "instruction" in record and "output" in record:
+        user = record["instruction"]
+        if isinstance(user, str) and isinstance(record.get("input"), str) and record["input"].strip():
+            user = f"{user}\n\n{record['input']}"
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    elif "prompt" in record and "completion" in record:
+        msgs = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
+    else:
+        raise SlmError(
+            f"no 'messages', 'instruction'/'output' or 'prompt'/'completion' (fields: {', '.join(map(str, record))})"
+        )
+    if isinstance(system, str) and system.strip() and isinstance(msgs, list):
+        msgs = [{"role": "system", "content": system}, *msgs]
+    return check_messages(msgs)
+
+
+def _records(path: Path) -> Iterator[tuple[str, object]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield f"{path}:row{i}", row
+        return
+    with open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                yield f"{path}:{lineno}", None
+
+
+def read_conversations(patterns: list[str], report: ReadReport) -> list[list[Message]]:
+    """Every valid conversation of the files the patterns name, in file order."""
+    out = []
+    for path in expand_inputs(patterns):
+        for where, record in _records(path):
+            if record is None:
+                report.skip(where, "invalid_json: not valid JSON")
+                continue
+            try:
+                out.append(to_messages(record))
+                report.read += 1
+            except SlmError as e:
+                report.skip(where, f"malformed: {e}")
+    return out

@@ -1,0 +1,119 @@
+"""Rendered conversations as training batches.
+
+Each conversation is rendered once (ids and loss mask) when the run starts. Micro-batches take whole
+conversations in a seeded order that is reshuffled each epoch: sample g of the run is
+permutation(epoch)[g mod N], with g counted from the step, so any step's batch is the same on every process
+and after any resume, with no data state to checkpoint. A micro-batch is padded to its longest
+conversation (right padding needs no attention mask: no real token attends to a later position), and
+padding is never a target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from slm.data.batch import IGNORE, Batch
+from slm.errors import SlmError
+from slm.sft.template import ChatFormat, Message, Rendered
+
+
+@dataclass
+class RenderReport:
+    kept: int = 0
+    dropped_overlong: int = 0
+    truncated: int = 0
+    no_target: int = 0  # nothing left to learn after truncation
+    tokens: int = 0
+    target_tokens: int = 0
+    longest: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "notes"}
+
+
+def held_out(messages: list[Message], fraction: float) -> bool:
+    """The same conversation is held out or not whatever the file order: by a hash of its content."""
+    digest = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+def render_all(
+    fmt: ChatFormat, convs: list[list[Message]], seq_len: int, loss_on: str, overlong: str, report: RenderReport
+) -> list[Rendered]:
+    """Rendered conversations of at most seq_len + 1 tokens (inputs and targets of seq_len positions)."""
+    out = []
+    limit = seq_len + 1
+    for c in convs:
+        r = fmt.render(c, loss_on)
+        report.longest = max(report.longest, len(r))
+        if len(r) > limit:
+            if overlong == "drop":
+                report.dropped_overlong += 1
+                continue
+            r = Rendered(r.ids[:limit], r.mask[:limit])
+            report.truncated += 1
+        if not any(r.mask[1:]):
+            report.no_target += 1
+            continue
+        report.kept += 1
+        report.tokens += len(r)
+        report.target_tokens += sum(r.mask[1:])
+        out.append(r)
+    return out
+
+
+class ConversationBatcher:
+    def __init__(self, convs: list[Rendered], batch_size: int, per_step: int, seed: int, pad_id: int):
+        if not convs:
+            raise SlmError("no training conversations left to batch (see the counts above)")
+        self.convs = convs
+        self.batch_size = batch_size
+        self.per_step = per_step  # conversations per optimiser step, over every micro-batch and process
+        self.seed = seed
+        self.pad_id = pad_id
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.convs))}
+        return self._perms[epoch]
+
+    def indices(self, step: int, index: int) -> list[int]:
+        first = step * self.per_step + index * self.batch_size
+        n = len(self.convs)
+        return [int(self._perm(g // n)[g % n]) for g in range(first, first + self.batch_size)]
+
+    def batch(self, step: int, index: int) -> Batch:
+        return collate([self.convs[i] for i in self.indices(step, index)], self.pad_id)
+
+
+def collate(convs: list[Rendered], pad_id: int) -> Batch:
+    width = max(len(c) for c in convs) - 1
+    inputs = torch.full((len(convs), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(convs), width), IGNORE, dtype=torch.long)
+    for r, c in enumerate(convs):
+        n = len(c) - 1
+        ids = torch.as_tensor(c.ids, dtype=torch.long)
+        inputs[r, :n] = ids[:-1]
+        keep = torch.as_tensor(c.mask[1:], dtype=torch.bool)
+        targets[r, :n] = torch.where(keep, ids[1:], IGNORE)
+    return Batch(inputs, targets, real_tokens=sum(len(c) - 1 for c in convs))
+
+
+@dataclass
+class Conversations:
+    """Training and held-out conversations of a run, rendered; what the loop's `shards` is for SFT."""
+
+    train: list[Rendered]
+    val: list[Rendered]
+    per_step: int
+    pad_id: int
+
+    def batcher(self, seq_len: int, batch_size: int, seed: int) -> ConversationBatcher:
+        return ConversationBatcher(self.train, batch_size, self.per_step, seed, self.pad_id)

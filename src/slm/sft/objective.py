@@ -1,0 +1,135 @@
+"""Instruction tuning as a training objective: conversations rendered with the model's chat template, the loss
+on the assistant turns only. The loop is train/loop.py's, unchanged; `slm sft` hands it this objective.
+
+Everything else is the loop's: progress, checkpoints, resume, DDP, metrics, report. The run usually starts
+from a model (train.init), whose tokenizer and template it keeps, so it exports back as a chat model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from slm.config import Config, SftConfig
+from slm.errors import SlmError
+from slm.model.score import lm_metrics, score_masked
+from slm.model.transformer import Transformer
+from slm.run import Run, atomic_write_text
+from slm.sft.conversations import ReadReport, read_conversations
+from slm.sft.data import Conversations, RenderReport, held_out, render_all
+from slm.sft.template import CHATML, ChatFormat
+from slm.tokenizer import CHATML_TOKENS, eos_id, load_tokenizer, token_byte_lengths
+from slm.train.objective import Env, Objective
+
+
+def sft_config(cfg: Config) -> SftConfig:
+    if cfg.sft is None:
+        raise SlmError("no [sft] table: name the conversations, e.g. --set 'sft.data=[\"chats.jsonl\"]'")
+    return cfg.sft
+
+
+def chat_format(tok: Tokenizer, run: Run, template: str | None) -> ChatFormat:
+    """The recipe's template ('chatml' or a file), else the run's own (from train.init)."""
+    if template == "chatml":
+        text = CHATML
+    elif template:
+        path = Path(template)
+        if not path.is_file():
+            raise SlmError(f"sft.template={template} not found; give 'chatml' or a Jinja file")
+        text = path.read_text(encoding="utf-8")
+    elif run.chat_template_path.is_file():
+        text = run.chat_template_path.read_text(encoding="utf-8")
+    else:
+        raise SlmError(
+            "the model has no chat template; set sft.template = 'chatml' (its <|im_start|> and <|im_end|> must be "
+            "tokens of the tokenizer: tokenizer.chat_tokens = true when slm trains it) or a Jinja file"
+        )
+    if text == CHATML:
+        missing = [t for t in CHATML_TOKENS if tok.token_to_id(t) is None]
+        if missing:
+            raise SlmError(f"sft.template='chatml' needs the tokens {', '.join(missing)}, which the tokenizer lacks")
+    eos = tok.id_to_token(eos_id(tok))
+    return ChatFormat(tok, text, {"bos_token": eos or "", "eos_token": eos or ""})
+
+
+class SftObjective(Objective):
+    name = "sft"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.s = sft_config(cfg)
+
+    def prepare_data(self, cfg: Config, run: Run, say: Callable[[str], None]) -> tuple[Tokenizer, Any]:
+        s = self.s
+        if run.tokenizer_path.is_file():
+            tok = load_tokenizer(run.tokenizer_path)
+        elif cfg.tokenizer.path:
+            tok = load_tokenizer(cfg.tokenizer.path)
+            atomic_write_text(run.tokenizer_path, tok.to_str(pretty=True))
+        else:
+            raise SlmError("slm sft needs a model to start from: set train.init (or --init SOURCE)")
+        fmt = chat_format(tok, run, s.template)
+        if s.template and not run.chat_template_path.is_file():
+            atomic_write_text(run.chat_template_path, fmt.template)  # the run chats as it was taught
+        read = ReadReport()
+        convs = read_conversations(s.data, read)
+        val_read = ReadReport()
+        if s.val_data:
+            val = read_conversations(s.val_data, val_read)
+        else:
+            val = [c for c in convs if held_out(c, s.val_fraction)]
+            convs = [c for c in convs if not held_out(c, s.val_fraction)]
+        seq_len = cfg.seq_len
+        rep, val_rep = RenderReport(), RenderReport()
+        train = render_all(fmt, convs, seq_len, s.loss_on, s.overlong, rep)
+        held = render_all(fmt, val, seq_len, s.loss_on, s.overlong, val_rep)
+        for e in read.errors[:5] + val_read.errors[:5]:
+            say(f"skipped {e}")
+        say(
+            f"conversations: {rep.kept} to train on, {val_rep.kept} held out; skipped {sum(read.skipped.values())} "
+            f"malformed, {rep.dropped_overlong + val_rep.dropped_overlong} longer than {seq_len + 1} tokens "
+            f"(sft.overlong='{s.overlong}'), {rep.truncated + val_rep.truncated} truncated; "
+            f"{rep.target_tokens:,} of {rep.tokens:,} training tokens are targets"
+        )
+        if not held:
+            raise SlmError("no held-out conversations: set sft.val_data or a larger sft.val_fraction")
+        counts = {
+            "read": read.as_dict(),
+            "val_read": val_read.as_dict(),
+            "train": rep.as_dict(),
+            "val": val_rep.as_dict(),
+        }
+        atomic_write_text(run.path / "sft_data.json", json.dumps(counts, indent=2) + "\n")
+        assert cfg.train.grad_accum is not None
+        return tok, Conversations(train, held, cfg.train.batch_size * cfg.train.grad_accum, eos_id(tok))
+
+    def setup(self, env: Env) -> None:
+        self.env = env
+        self.byte_lengths = token_byte_lengths(env.tokenizer)
+
+    def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
+        """Loss and bits-per-byte of the held-out answers (the masked tokens) given their conversations; a
+        periodic evaluation takes held-out conversations up to eval_tokens, the final one all of them."""
+        e, val = self.env, self.env.shards.val
+        if not final:
+            budget, take = e.cfg.train.eval_tokens, []
+            for r in val:
+                take.append(r)
+                budget -= len(r)
+                if budget <= 0:
+                    break
+            val = take
+        cast = e.autocast if e.dtype == "bfloat16" else None
+        scores = score_masked(model, [r.ids for r in val], [r.mask for r in val], e.cfg.train.batch_size, cast)
+        nbytes = sum(
+            int(self.byte_lengths[np.asarray(r.ids[1:])[np.asarray(r.mask[1:], dtype=bool)]].sum()) for r in val
+        )
+        return lm_metrics(sum(s for s, _ in scores), sum(n for _, n in scores), nbytes)
+
+    def summary(self) -> dict[str, Any]:
+        return {}
