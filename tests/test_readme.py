@@ -139,9 +139,11 @@ def tiny(cmd: str) -> str:
 
 
 def workspace(path: Path) -> Path:
+    """A folder laid out like a checkout: data and recipes are read (linked), tasks/ is written to (copied)."""
     path.mkdir()
-    for name in ("data", "recipes", "tasks"):
+    for name in ("data", "recipes"):
         (path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / "tasks", path / "tasks")
     return path
 
 
