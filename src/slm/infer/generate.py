@@ -11,6 +11,7 @@ from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.engine import Engine
 from slm.infer.sampling import sampling_params
+from slm.infer.template import chat_format
 from slm.model.load import load_model
 from slm.run import atomic_write_text
 from slm.tokenizer import end_ids
@@ -77,14 +78,22 @@ def generate_many(
     max_batch: int = 32,
     out: Path | None = None,
     truncate: bool = False,
+    chat: bool = False,
+    system: str | None = None,
 ) -> list[dict[str, Any]]:
     """Completions of many prompts decoded together (prompt i seeded with seed + i), in prompt order; written
-    to `out` as JSONL when given."""
+    to `out` as JSONL when given. With chat, each prompt is a user message (after `system`), rendered with
+    the model's chat template, and the completion is the assistant's reply."""
     each = [_params(params, stop, row, i) for i, row in enumerate(rows)]  # every row checked before loading
     loaded = load_model(source)
     stops = end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)
+    prompts: list[str | list[int]] = [r["prompt"] for r in rows]
+    if chat:
+        fmt = chat_format(loaded.tokenizer, loaded.chat_template, None, loaded.config.tokenizer.eos_token)
+        head = [{"role": "system", "content": system}] if system else []
+        prompts = [fmt.prompt_ids([*head, {"role": "user", "content": p}]) for p in prompts]
     with Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch) as eng:
-        ids = [eng.submit(r["prompt"], p, truncate) for r, p in zip(rows, each, strict=True)]
+        ids = [eng.submit(p, e, truncate) for p, e in zip(prompts, each, strict=True)]
         while eng.has_work:
             eng.step()
         done = [eng.result(i) for i in ids]

@@ -9,6 +9,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from slm.errors import SlmError
+from slm.model.lora import has_lora, merged, to_adapted
+from slm.model.lora import stored as lora_stored
 from slm.model.transformer import Transformer
 from slm.run import Run
 
@@ -16,8 +18,11 @@ WEIGHTS = "model.safetensors"
 
 
 def weights_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """State dict without the tied lm_head alias (safetensors stores each tensor once)."""
+    """State dict without the tied lm_head alias (safetensors stores each tensor once); an adapted model's
+    in the run folder's LoRA layout (model/lora.py)."""
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if has_lora(model):
+        sd = lora_stored(sd, model.lora_scale)  # type: ignore[attr-defined]
     if model.cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
     return sd
@@ -38,8 +43,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state(model: Transformer, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Copy tensors into the model (each cast to the parameter's dtype), refusing any that do not fit."""
-    sd = dict(sd)
+    """Copy tensors into the model (each cast to the parameter's dtype), refusing any that do not fit. Stored
+    LoRA adapters go into an adapted model as they are, and are merged into the weights of any other."""
+    sd = to_adapted(sd, model) if has_lora(model) else dict(merged(sd))
     if model.cfg.tie_embeddings and "embed_tokens.weight" in sd:
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     own = model.state_dict()

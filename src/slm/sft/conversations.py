@@ -20,7 +20,7 @@ from pathlib import Path
 from slm.data.readers import open_binary
 from slm.data.text import expand_inputs
 from slm.errors import SlmError
-from slm.sft.template import Message, check_messages
+from slm.infer.template import Message, check_messages
 
 MAX_NAMED = 20  # skipped records named one by one; the rest are counted
 

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tokenizers import Tokenizer
 
 from slm.config import Config, SftConfig
+from slm.data.batch import Batch
 from slm.errors import SlmError
+from slm.infer.template import chat_format
+from slm.model.loss import cross_entropy
 from slm.model.score import lm_metrics, score_masked
 from slm.model.transformer import Transformer
 from slm.run import Run, atomic_write_text
 from slm.sft.conversations import ReadReport, read_conversations
 from slm.sft.data import Conversations, RenderReport, held_out, render_all
-from slm.sft.template import CHATML, ChatFormat
-from slm.tokenizer import CHATML_TOKENS, eos_id, load_tokenizer, token_byte_lengths
+from slm.tokenizer import eos_id, load_tokenizer, token_byte_lengths
 from slm.train.objective import Env, Objective
 
 
@@ -31,30 +33,6 @@ def sft_config(cfg: Config) -> SftConfig:
     if cfg.sft is None:
         raise SlmError("no [sft] table: name the conversations, e.g. --set 'sft.data=[\"chats.jsonl\"]'")
     return cfg.sft
-
-
-def chat_format(tok: Tokenizer, run: Run, template: str | None) -> ChatFormat:
-    """The recipe's template ('chatml' or a file), else the run's own (from train.init)."""
-    if template == "chatml":
-        text = CHATML
-    elif template:
-        path = Path(template)
-        if not path.is_file():
-            raise SlmError(f"sft.template={template} not found; give 'chatml' or a Jinja file")
-        text = path.read_text(encoding="utf-8")
-    elif run.chat_template_path.is_file():
-        text = run.chat_template_path.read_text(encoding="utf-8")
-    else:
-        raise SlmError(
-            "the model has no chat template; set sft.template = 'chatml' (its <|im_start|> and <|im_end|> must be "
-            "tokens of the tokenizer: tokenizer.chat_tokens = true when slm trains it) or a Jinja file"
-        )
-    if text == CHATML:
-        missing = [t for t in CHATML_TOKENS if tok.token_to_id(t) is None]
-        if missing:
-            raise SlmError(f"sft.template='chatml' needs the tokens {', '.join(missing)}, which the tokenizer lacks")
-    eos = tok.id_to_token(eos_id(tok))
-    return ChatFormat(tok, text, {"bos_token": eos or "", "eos_token": eos or ""})
 
 
 class SftObjective(Objective):
@@ -73,7 +51,8 @@ class SftObjective(Objective):
             atomic_write_text(run.tokenizer_path, tok.to_str(pretty=True))
         else:
             raise SlmError("slm sft needs a model to start from: set train.init (or --init SOURCE)")
-        fmt = chat_format(tok, run, s.template)
+        own = run.chat_template_path.read_text(encoding="utf-8") if run.chat_template_path.is_file() else None
+        fmt = chat_format(tok, own, s.template, cfg.tokenizer.eos_token)
         if s.template and not run.chat_template_path.is_file():
             atomic_write_text(run.chat_template_path, fmt.template)  # the run chats as it was taught
         read = ReadReport()
@@ -106,11 +85,19 @@ class SftObjective(Objective):
         }
         atomic_write_text(run.path / "sft_data.json", json.dumps(counts, indent=2) + "\n")
         assert cfg.train.grad_accum is not None
-        return tok, Conversations(train, held, cfg.train.batch_size * cfg.train.grad_accum, eos_id(tok))
+        per_step = cfg.train.batch_size * cfg.train.grad_accum
+        return tok, Conversations(train, held, per_step, eos_id(tok), s.group_by_length)
 
     def setup(self, env: Env) -> None:
         self.env = env
         self.byte_lengths = token_byte_lengths(env.tokenizer)
+
+    def loss(self, forward: torch.nn.Module, model: Transformer, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the target tokens only: the vocabulary projection (a fifth of SmolLM2's
+        compute) runs on the answer positions, about a tenth of a conversation, not on every position."""
+        h, _ = forward(batch.inputs, hidden_only=True)
+        keep = batch.loss_mask
+        return cross_entropy(model.logits(h[keep]), batch.targets[keep], self.cfg.train.z_loss)
 
     def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
         """Loss and bits-per-byte of the held-out answers (the masked tokens) given their conversations; a

@@ -90,8 +90,9 @@ def autocast_for(dtype: str, device: torch.device) -> tuple[Any, str]:
 
 
 def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # frozen weights (under LoRA) take no state
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -154,6 +155,9 @@ def train(
     # ---- model and optimizer; a resume is checked before anything in the run folder changes
     torch.manual_seed(cfg.train.seed)
     model = Transformer(cfg.model, cfg.tokenizer.vocab_size).to(device)
+    if not resume:
+        objective.init_model(model)  # starting weights (train.init, a teacher's layers), before any adapter
+    objective.adapt(model)  # e.g. LoRA: adapters in, the base frozen; a resume gets them back from its checkpoint
     optimizer = make_optimizer(model, cfg, device)
     start_step, meta = 0, {}
     if resume:
@@ -193,8 +197,6 @@ def train(
             say(f"note: passed over {len(damaged)} damaged checkpoint(s) ({damaged[0]}); resuming from {ckpt.name}")
         objective.load_state(meta.get("objective_state", meta.get("distill")) or {})
         say(f"resuming {run.path} from step {start_step}")
-    else:
-        objective.init_model(model)
     if d.master:
         run.save_config(cfg)
         remove_stale_temporaries(run)
@@ -211,7 +213,9 @@ def train(
     forward = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     say(
         f"model: {raw_model.num_params(False) / 1e6:.2f}M parameters "
-        f"({raw_model.num_params() / 1e6:.2f}M non-embedding), {dtype_name}, objective {objective.name}, "
+        f"({raw_model.num_params() / 1e6:.2f}M non-embedding, "
+        f"{sum(p.numel() for p in raw_model.parameters() if p.requires_grad) / 1e6:.2f}M trained), "
+        f"{dtype_name}, objective {objective.name}, "
         f"{cfg.train.batch_size * cfg.train.grad_accum} sequences of up to {seq_len} tokens/step, "
         f"{d.world} process(es), {threads} thread(s) each"
     )

@@ -11,6 +11,7 @@ Hooks are called in this order; those that may write shared files run on rank 0 
     prepare_data(cfg, run, say) -> (tokenizer, data)   data has batcher(seq_len, batch_size, seed)
     setup(env)               once data, tokenizer and device are known (e.g. load a teacher, build a cache)
     init_model(model)        fresh runs only, before the optimiser is made (e.g. copy teacher layers)
+    adapt(model)             every run, fresh or resumed, before the optimiser: change what is trained (LoRA)
     batch(step, index)       micro-batch `index` of step `step`: the same on every process and every resume
     loss(forward, model, batch)  the scalar to minimise; `forward` is the module to call (DDP-wrapped),
                              `model` the plain Transformer (for its weights)
@@ -32,6 +33,7 @@ from tokenizers import Tokenizer
 from slm.config import Config
 from slm.data.batch import Batch
 from slm.data.shards import Batcher
+from slm.model.lora import add_lora
 from slm.model.score import lm_metrics, tokens_bpb
 from slm.model.transformer import Transformer
 from slm.run import Run
@@ -83,6 +85,12 @@ class Objective:
         if self.cfg.train.init:
             load_init_weights(model, self.cfg, self.env.run)
             self.env.say(f"weights from {self.cfg.train.init}")
+
+    def adapt(self, model: Transformer) -> None:
+        lora = self.cfg.lora
+        if lora is not None:
+            hits = add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
+            self.env.say(f"LoRA rank {lora.rank} (alpha {lora.alpha}) on {len(hits)} layers; the rest frozen")
 
     def batch(self, step: int, index: int) -> Batch:
         return self.env.batcher.batch(step, index)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from slm.errors import SlmError
+from slm.tokenizer import CHATML_TOKENS, eos_id
 
 ROLES = ("system", "user", "assistant")
 # ChatML, for models without a template of their own (a tokenizer slm trained, with --chat-tokens).
@@ -151,6 +153,35 @@ class ChatFormat:
         enc = self._encode_piece(text[a:b], special)
         ids.extend(enc.ids)
         starts.extend(a + s for s, _ in enc.offsets)
+
+
+def chat_format(
+    tok: Tokenizer, own: str | None, choice: str | None = None, eos_token: str = "<|endoftext|>"
+) -> ChatFormat:
+    """The template to use: `choice` ('chatml' or a Jinja file), else the model's own, else ChatML when the
+    tokenizer has its turn marks; a model with none of these is a base model and is refused."""
+    if choice == "chatml":
+        text = CHATML
+    elif choice:
+        path = Path(choice)
+        if not path.is_file():
+            raise SlmError(f"chat template {choice} not found; give 'chatml' or a Jinja file")
+        text = path.read_text(encoding="utf-8")
+    elif own:
+        text = own
+    elif all(tok.token_to_id(t) is not None for t in CHATML_TOKENS):
+        text = CHATML
+    else:
+        raise SlmError(
+            "the model has no chat template and its tokenizer no ChatML tokens (a base model): give a Jinja "
+            "template file, or train the tokenizer with tokenizer.chat_tokens = true for ChatML"
+        )
+    if text == CHATML:
+        missing = [t for t in CHATML_TOKENS if tok.token_to_id(t) is None]
+        if missing:
+            raise SlmError(f"the ChatML template needs the tokens {', '.join(missing)}, which the tokenizer lacks")
+    eos = tok.id_to_token(eos_id(tok, eos_token)) or ""
+    return ChatFormat(tok, text, {"bos_token": eos, "eos_token": eos})
 
 
 def check_messages(messages: object) -> list[Message]:
