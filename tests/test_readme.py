@@ -175,7 +175,15 @@ def test_every_readme_command_block_runs_as_written(tmp_path: Path):
             if skipped(cmd):
                 continue
             run = tiny(cmd)
-            r = subprocess.run(["bash", "-c", run], cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+            r = subprocess.run(
+                ["bash", "-c", run],
+                cwd=ws,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                stdin=subprocess.DEVNULL,
+            )
             assert r.returncode == 0, f"README.md:{n}: `{cmd}` failed (ran `{run}`):\n{r.stderr[-3000:]}"
             ran += 1
     # The Python example, as a script in a fresh folder.

@@ -14,11 +14,11 @@ from tokenizers import Tokenizer
 
 from slm.config import LoraConfig, load_config
 from slm.data.batch import IGNORE
+from slm.data.conversations import ReadReport, read_conversations, to_messages
 from slm.errors import SlmError
 from slm.infer.template import CHATML, ChatFormat, Rendered
 from slm.model.load import load_model
 from slm.run import Run
-from slm.sft.conversations import ReadReport, read_conversations, to_messages
 from slm.sft.data import GROUP, ConversationBatcher, collate
 from slm.sft.objective import SftObjective
 from slm.train.loop import train

@@ -17,17 +17,15 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from slm.data.conversations import Message
 from slm.errors import SlmError
 from slm.tokenizer import CHATML_TOKENS, eos_id
 
-ROLES = ("system", "user", "assistant")
 # ChatML, for models without a template of their own (a tokenizer slm trained, with --chat-tokens).
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-Message = dict[str, str]
 
 
 @lru_cache(maxsize=8)
@@ -182,22 +180,3 @@ def chat_format(
             raise SlmError(f"the ChatML template needs the tokens {', '.join(missing)}, which the tokenizer lacks")
     eos = tok.id_to_token(eos_id(tok, eos_token)) or ""
     return ChatFormat(tok, text, {"bos_token": eos, "eos_token": eos})
-
-
-def check_messages(messages: object) -> list[Message]:
-    """A conversation as the OpenAI messages format has it, or SlmError saying what is wrong."""
-    if not isinstance(messages, list) or not messages:
-        raise SlmError("'messages' must be a non-empty list")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise SlmError(f"message {i} is not an object")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise SlmError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(content, str) or not content.strip():
-            raise SlmError(f"message {i} ({role}) has empty or missing content")
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise SlmError("the conversation has no assistant turn to learn from")
-    return out

@@ -17,13 +17,13 @@ from tokenizers import Tokenizer
 
 from slm.config import Config, SftConfig
 from slm.data.batch import Batch
+from slm.data.conversations import ReadReport, read_conversations
 from slm.errors import SlmError
 from slm.infer.template import chat_format
 from slm.model.loss import cross_entropy
 from slm.model.score import lm_metrics, score_masked
 from slm.model.transformer import Transformer
 from slm.run import Run, atomic_write_text
-from slm.sft.conversations import ReadReport, read_conversations
 from slm.sft.data import Conversations, RenderReport, held_out, render_all
 from slm.tokenizer import eos_id, load_tokenizer, token_byte_lengths
 from slm.train.objective import Env, Objective

@@ -20,9 +20,10 @@ from pathlib import Path
 from slm.data.readers import open_binary
 from slm.data.text import expand_inputs
 from slm.errors import SlmError
-from slm.infer.template import Message, check_messages
 
 MAX_NAMED = 20  # skipped records named one by one; the rest are counted
+ROLES = ("system", "user", "assistant")
+Message = dict[str, str]
 
 
 @dataclass
@@ -93,4 +94,23 @@ def read_conversations(patterns: list[str], report: ReadReport) -> list[list[Mes
                 report.read += 1
             except SlmError as e:
                 report.skip(where, f"malformed: {e}")
+    return out
+
+
+def check_messages(messages: object) -> list[Message]:
+    """A conversation as the OpenAI messages format has it, or SlmError saying what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise SlmError("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise SlmError(f"message {i} is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise SlmError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(content, str) or not content.strip():
+            raise SlmError(f"message {i} ({role}) has empty or missing content")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise SlmError("the conversation has no assistant turn to learn from")
     return out
