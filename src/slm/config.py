@@ -241,7 +241,12 @@ class SftConfig(Section):
     loss_on: Literal["assistant", "all"] = Field("assistant", description="which turns are targets of the loss")
     overlong: Literal["drop", "truncate"] = Field("drop", description="conversations over train.seq_len + 1 tokens")
     template: str | None = Field(None, description="'chatml' or a Jinja file; default the model's own template")
-    group_by_length: bool = Field(True, description="micro-batches of similar lengths (less padding)")
+    batching: Literal["padded", "grouped", "packed"] = Field(
+        "grouped",
+        description="padded: random micro-batches padded to their longest; grouped: of similar lengths (less "
+        "padding); packed: whole conversations side by side in rows of seq_len, attention kept within each "
+        "(train.batch_size then counts rows)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SftConfig:

@@ -1,5 +1,6 @@
 """The one shape of a training micro-batch, whatever made it: random windows of a shard, a mixture of
-domains, windows with their cached teacher distributions, and (next) conversations with a loss mask.
+domains, windows with their cached teacher distributions, and conversations with a loss mask (padded, or
+packed several to a row with `segments`).
 
 Positions that take no loss hold IGNORE in `targets`; the loss is averaged over the others, so a mask is
 never a second tensor that could disagree with the targets.
@@ -20,6 +21,7 @@ class Batch:
     targets: torch.Tensor  # (B, T) the next token at each position, or IGNORE
     teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # cached top-k (ids, log-probs): (B, T, k) each
     real_tokens: int | None = None  # input positions that are not padding (None: all of them)
+    segments: torch.Tensor | None = None  # (B, T) packed sequences: attention stays within equal ids
 
     @property
     def tokens(self) -> int:
@@ -32,7 +34,10 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         teacher = None if self.teacher is None else (move(self.teacher[0]), move(self.teacher[1]))
-        return replace(self, inputs=move(self.inputs), targets=move(self.targets), teacher=teacher)
+        segments = None if self.segments is None else move(self.segments)
+        return replace(
+            self, inputs=move(self.inputs), targets=move(self.targets), teacher=teacher, segments=segments
+        )
 
 
 def windows(rows: torch.Tensor) -> Batch:

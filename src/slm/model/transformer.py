@@ -157,7 +157,13 @@ class Attention(nn.Module):
         gqa = self.n_kv != self.n_head
         if step.cache is None:
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, enable_gqa=gqa
+                q,
+                k,
+                v,
+                attn_mask=step.mask,  # packed sequences: causal within each segment
+                is_causal=step.mask is None,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=gqa,
             )
         else:
             ck, cv = step.cache.k[layer], step.cache.v[layer]
@@ -263,16 +269,35 @@ class Transformer(nn.Module):
         return self.lm_head(h).float()
 
     def hidden(
-        self, idx: torch.Tensor, cache: KVCache | None = None, positions: list[int] | None = None
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: list[int] | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states (B, T, d).
 
-        Without a cache: causal attention over idx. With a cache and no positions: every row continues at
+        Without a cache: causal attention over idx. With segments (B, T), several sequences packed in a row:
+        runs of equal ids are sequences of their own, each attending only within itself from position 0, so
+        each one's hidden states are those it has alone. With a cache and no positions: every row continues at
         cache.pos (prefill, scoring). With positions (one per row, T = 1): row i's token sits at
         positions[i] and sees its own keys 0..positions[i] only, so rows of different lengths decode together.
         """
         B, T = idx.shape
-        if positions is not None:
+        if segments is not None:
+            if cache is not None or positions is not None:
+                raise ValueError("segments= is for training forwards, without a cache")
+            if T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            at = torch.arange(T, device=idx.device).expand(B, T)
+            starts = torch.ones_like(segments, dtype=torch.bool)
+            starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+            pos = at - torch.where(starts, at, 0).cummax(dim=1).values  # position within its own segment
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+            same = segments[:, :, None] == segments[:, None, :]
+            mask = (same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril())[:, None]
+            step = _Step(cos, sin, mask, False, None, slice(0, T), T)
+        elif positions is not None:
             if cache is None or T != 1 or len(positions) != B:
                 raise ValueError("positions= needs a cache and one new token per row")
             end = max(positions) + 1
@@ -317,16 +342,17 @@ class Transformer(nn.Module):
         z_loss: float = 0.0,
         cache: KVCache | None = None,
         hidden_only: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(logits (B, T, V), None) without targets; (None, mean cross-entropy + z-loss) with them, over the
         positions whose target is not IGNORE; (final hidden states (B, T, d), None) with hidden_only, for
-        losses that apply lm_head in chunks.
+        losses that apply lm_head in chunks. segments: see hidden().
 
         With targets the logits go straight into the fused loss, whose backward reuses their memory.
         """
         if hidden_only:
-            return self.hidden(idx, cache), None
-        logits = self.logits(self.hidden(idx, cache))
+            return self.hidden(idx, cache, segments=segments), None
+        logits = self.logits(self.hidden(idx, cache, segments=segments))
         if targets is None:
             return logits, None
         # z-loss (PaLM) keeps the softmax normaliser near 1, which steadies low-precision training.

@@ -10,11 +10,13 @@ padding is never a target.
 Conversations vary in length (CPython docstring questions: 30 to 400 tokens), and random batches of 8
 are half padding. With grouping (the default), every GROUP micro-batches' conversations are sorted by
 length, cut into micro-batches, and those are served in a seeded random order: the same conversations
-in the same epochs, with a fraction of the padding.
+in the same epochs, with a fraction of the padding. With packing, rows of seq_len positions hold several
+whole conversations each, attention kept inside each one (PackedBatcher): next to no padding at all.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -132,6 +134,97 @@ def collate(convs: list[Rendered], pad_id: int) -> Batch:
     return Batch(inputs, targets, real_tokens=sum(len(c) - 1 for c in convs))
 
 
+CHUNK = 512  # conversations packed together: best-fit over a chunk leaves rows nearly full
+
+
+def pack(sizes: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: indices into `sizes`, grouped into bins of at most `capacity` (every size fits)."""
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    free: list[tuple[int, int]] = []  # (room left, bin number), sorted
+    bins: list[list[int]] = []
+    for i in order:
+        at = bisect.bisect_left(free, (sizes[i], -1))
+        if at == len(free):
+            bins.append([i])
+            room, b = capacity - sizes[i], len(bins) - 1
+        else:
+            room, b = free.pop(at)
+            bins[b].append(i)
+            room -= sizes[i]
+        bisect.insort(free, (room, b))
+    return bins
+
+
+class PackedBatcher:
+    """Rows of up to seq_len positions, each holding whole conversations side by side; attention stays inside
+    each conversation (Batch.segments) and positions restart at each, so a packed conversation trains exactly
+    as it would alone, with almost no padding.
+
+    Epoch e's rows: its seeded permutation cut in chunks, each chunk packed best-fit, the rows of the
+    epoch in a seeded order. Row r of the run is a function of r alone, so any step's batch is the same on
+    every process and after any resume.
+    """
+
+    def __init__(self, convs: list[Rendered], seq_len: int, batch_size: int, per_step: int, seed: int, pad_id: int):
+        if not convs:
+            raise SlmError("no training conversations left to batch (see the counts above)")
+        self.convs, self.seq_len, self.batch_size = convs, seq_len, batch_size
+        self.per_step, self.seed, self.pad_id = per_step, seed, pad_id  # per_step: rows per optimiser step
+        self.sizes = [len(c) - 1 for c in convs]  # positions a conversation takes: inputs ids[:-1]
+        self._epochs: list[list[list[int]]] = []
+        self._starts = [0]  # first row of each epoch
+
+    def _epoch(self, e: int) -> list[list[int]]:
+        while len(self._epochs) <= e:
+            k = len(self._epochs)
+            perm = np.random.default_rng([self.seed, k]).permutation(len(self.convs))
+            rows: list[list[int]] = []
+            for a in range(0, len(perm), CHUNK):
+                chunk = [int(i) for i in perm[a : a + CHUNK]]
+                rows += [[chunk[j] for j in b] for b in pack([self.sizes[i] for i in chunk], self.seq_len)]
+            order = np.random.default_rng([self.seed, 2, k]).permutation(len(rows))
+            self._epochs.append([rows[j] for j in order])
+            self._starts.append(self._starts[-1] + len(rows))
+            if len(self._epochs) > 2:  # only the current epochs' rows are needed, not their history
+                self._epochs[-3] = []
+        return self._epochs[e]
+
+    def row(self, r: int) -> list[int]:
+        e = 0
+        while True:
+            self._epoch(e)
+            if r < self._starts[e + 1]:
+                return self._epoch(e)[r - self._starts[e]]
+            e += 1
+
+    def indices(self, step: int, index: int) -> list[list[int]]:
+        first = step * self.per_step + index * self.batch_size
+        return [self.row(r) for r in range(first, first + self.batch_size)]
+
+    def batch(self, step: int, index: int) -> Batch:
+        return collate_packed([[self.convs[i] for i in row] for row in self.indices(step, index)], self.pad_id)
+
+
+def collate_packed(rows: list[list[Rendered]], pad_id: int) -> Batch:
+    """Each row's conversations side by side, segment k for the k-th; padding is a segment of its own."""
+    width = max(sum(len(c) - 1 for c in row) for row in rows)
+    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for k, c in enumerate(row):
+            n = len(c) - 1
+            ids = torch.as_tensor(c.ids, dtype=torch.long)
+            inputs[r, at : at + n] = ids[:-1]
+            keep = torch.as_tensor(c.mask[1:], dtype=torch.bool)
+            targets[r, at : at + n] = torch.where(keep, ids[1:], IGNORE)
+            segments[r, at : at + n] = k
+            at += n
+    real = sum(len(c) - 1 for row in rows for c in row)
+    return Batch(inputs, targets, real_tokens=real, segments=segments)
+
+
 @dataclass
 class Conversations:
     """Training and held-out conversations of a run, rendered; what the loop's `shards` is for SFT."""
@@ -140,7 +233,11 @@ class Conversations:
     val: list[Rendered]
     per_step: int
     pad_id: int
-    group: bool = True
+    batching: str = "grouped"  # sft.batching: padded, grouped or packed
 
-    def batcher(self, seq_len: int, batch_size: int, seed: int) -> ConversationBatcher:
-        return ConversationBatcher(self.train, batch_size, self.per_step, seed, self.pad_id, self.group)
+    def batcher(self, seq_len: int, batch_size: int, seed: int) -> ConversationBatcher | PackedBatcher:
+        if self.batching == "packed":
+            return PackedBatcher(self.train, seq_len, batch_size, self.per_step, seed, self.pad_id)
+        return ConversationBatcher(
+            self.train, batch_size, self.per_step, seed, self.pad_id, self.batching == "grouped"
+        )

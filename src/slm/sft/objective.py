@@ -86,7 +86,7 @@ class SftObjective(Objective):
         atomic_write_text(run.path / "sft_data.json", json.dumps(counts, indent=2) + "\n")
         assert cfg.train.grad_accum is not None
         per_step = cfg.train.batch_size * cfg.train.grad_accum
-        return tok, Conversations(train, held, per_step, eos_id(tok), s.group_by_length)
+        return tok, Conversations(train, held, per_step, eos_id(tok), s.batching)
 
     def setup(self, env: Env) -> None:
         self.env = env
@@ -95,7 +95,7 @@ class SftObjective(Objective):
     def loss(self, forward: torch.nn.Module, model: Transformer, batch: Batch) -> torch.Tensor:
         """Cross-entropy of the target tokens only: the vocabulary projection (a fifth of SmolLM2's
         compute) runs on the answer positions, about a tenth of a conversation, not on every position."""
-        h, _ = forward(batch.inputs, hidden_only=True)
+        h, _ = forward(batch.inputs, hidden_only=True, segments=batch.segments)
         keep = batch.loss_mask
         return cross_entropy(model.logits(h[keep]), batch.targets[keep], self.cfg.train.z_loss)
 
