@@ -287,7 +287,7 @@ class Transformer(nn.Module):
         if segments is not None:
             if cache is not None or positions is not None:
                 raise ValueError("segments= is for training forwards, without a cache")
-            if T > self.cfg.max_seq_len:
+            if idx.size(1) > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
             at = torch.arange(T, device=idx.device).expand(B, T)
             starts = torch.ones_like(segments, dtype=torch.bool)
