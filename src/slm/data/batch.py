@@ -35,9 +35,7 @@ class Batch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         teacher = None if self.teacher is None else (move(self.teacher[0]), move(self.teacher[1]))
         segments = None if self.segments is None else move(self.segments)
-        return replace(
-            self, inputs=move(self.inputs), targets=move(self.targets), teacher=teacher, segments=segments
-        )
+        return replace(self, inputs=move(self.inputs), targets=move(self.targets), teacher=teacher, segments=segments)
 
 
 def windows(rows: torch.Tensor) -> Batch:

@@ -238,6 +238,4 @@ class Conversations:
     def batcher(self, seq_len: int, batch_size: int, seed: int) -> ConversationBatcher | PackedBatcher:
         if self.batching == "packed":
             return PackedBatcher(self.train, seq_len, batch_size, self.per_step, seed, self.pad_id)
-        return ConversationBatcher(
-            self.train, batch_size, self.per_step, seed, self.pad_id, self.batching == "grouped"
-        )
+        return ConversationBatcher(self.train, batch_size, self.per_step, seed, self.pad_id, self.batching == "grouped")
