@@ -96,6 +96,21 @@ def world(tmp_path_factory) -> Path:
     (w / "outdir").mkdir()
     (w / "taken.json").write_text("{}")
     (w / "long.txt").write_text("the " * 400)
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    good = [{"messages": [turn("user", f"q{i}"), turn("assistant", f"a{i}")]} for i in range(8)]
+    (w / "chats_ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good))
+    bad = [
+        {"messages": [turn("robot", "hi"), turn("assistant", "a")]},  # unknown role
+        {"messages": [turn("user", "no answer here")]},  # no assistant turn
+        {"messages": [turn("user", "q"), turn("assistant", "  ")]},  # empty content
+        {"question": "a layout slm does not know"},
+    ]
+    (w / "chats_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad) + "{not json\n")
+    (w / "plain.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    (w / "adapter_nobase").mkdir()
+    (w / "adapter_nobase" / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(w / "nothing"), "r": 4})
+    )
     return w
 
 
@@ -210,6 +225,63 @@ CASES = [
     ("mix-zero-target", "mix run {w}/mix.toml -s mix.target={{a=0.0}} -o {w}/m", "all 0"),
     ("mix-validate-nothing", "mix validate {w}/corpus", "not a finished mixture sweep"),
     ("quickstart-typo", "quickstart --set train.lrr=1", "did you mean 'lr'"),
+    # sft / chat / instruction selection / adapters
+    ("sft-no-table", "sft {w}/tiny.toml -o {w}/t", "no [sft] table"),
+    ("sft-no-init", "sft {w}/tiny.toml -s sft.data=['{w}/chats_ok.jsonl'] -o {w}/t", "needs a model to start from"),
+    (
+        "sft-init-unsupported",
+        "sft {w}/tiny.toml --init {w}/notes.txt -s sft.data=['{w}/chats_ok.jsonl'] -o {w}/t",
+        "is not a model slm can load",
+    ),
+    (
+        "sft-base-model",
+        "sft {w}/tiny.toml --init {w}/run -s sft.data=['{w}/chats_ok.jsonl'] -o {w}/t",
+        "no chat template",
+    ),
+    (
+        "sft-chatml-tokens-missing",
+        "sft {w}/tiny.toml --init {w}/run -s sft.data=['{w}/chats_ok.jsonl'] -s sft.template='chatml' -o {w}/t",
+        "which the tokenizer lacks",
+    ),
+    (
+        "sft-template-missing",
+        "sft {w}/tiny.toml --init {w}/run -s sft.data=['{w}/chats_ok.jsonl'] -s sft.template='{w}/no.jinja' -o {w}/t",
+        "not found",
+    ),
+    (
+        "sft-all-malformed",
+        "sft {w}/tiny.toml --init {w}/run -s sft.data=['{w}/chats_bad.jsonl'] -s sft.template='{w}/plain.jinja' "
+        "-o {w}/t",
+        "holds no valid conversation (5 records skipped; first:",
+    ),
+    (
+        "sft-all-too-long",
+        "sft {w}/tiny.toml --init {w}/run -s sft.data=['{w}/chats_ok.jsonl'] -s sft.template='{w}/plain.jinja' "
+        "-s train.seq_len=2 -s sft.val_fraction=0.5 -o {w}/t",
+        "raise train.seq_len",
+    ),
+    (
+        "sft-lora-targets",
+        "sft {w}/tiny.toml --init {w}/run -s sft.data=['{w}/chats_ok.jsonl'] -s sft.template='{w}/plain.jinja' "
+        "-s sft.val_fraction=0.5 -s lora.targets=['qkv'] -o {w}/t",
+        "match no layer of the model; its linear layers are",
+    ),
+    ("sft-overlong-choice", "sft {w}/tiny.toml -s sft.data=['{w}/chats_ok.jsonl'] -s sft.overlong='cut'", "overlong"),
+    ("chat-base-model", "chat {w}/run", "no chat template"),
+    ("select-ifd-on-corpus", "select {w}/corpus -m {w}/run --method ifd -o {w}/s", "selects conversations"),
+    (
+        "select-ifd-strategy",
+        "select {w}/chats_ok.jsonl -m {w}/run --method ifd --strategy low -o {w}/s.jsonl",
+        "applies to --method perplexity",
+    ),
+    ("select-ifd-no-model", "select {w}/chats_ok.jsonl --method ifd -o {w}/s.jsonl", "needs a reference model"),
+    ("select-s2l-not-a-run", "select {w}/chats_ok.jsonl -m {w}/hf --method s2l -o {w}/s.jsonl", "slm run folder"),
+    ("select-conv-out", "select {w}/chats_ok.jsonl --strategy random -o {w}/s.txt", "name a .jsonl file"),
+    ("select-conv-none-valid", "select {w}/chats_bad.jsonl --strategy random -o {w}/s.jsonl", "no valid conversation"),
+    ("select-conv-clusters", "select {w}/chats_ok.jsonl --method s2l --clusters 0 -o {w}/s.jsonl", "--clusters"),
+    ("export-peft-not-lora", "export {w}/run --format peft -o {w}/p", "holds no LoRA adapters"),
+    ("export-no-merge", "export {w}/run --no-merge -o {w}/p", "--format peft"),
+    ("generate-adapter-no-base", "generate {w}/adapter_nobase -p hi", "its base model"),
 ]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from rich.console import Console
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from slm.config import LoraConfig, ModelConfig, load_config
@@ -103,6 +105,18 @@ def test_record_layouts_and_malformed_records(tmp_path: Path):
     assert len(read_conversations([str(f)], report)) == 2
     assert report.skipped == {"invalid_json": 1, "malformed": 1}
     assert report.errors[0].startswith(f"{f}:2:") and report.errors[1].startswith(f"{f}:3:")
+    # ShareGPT dumps: a JSON array of {"conversations": [{"from", "value"}]} records.
+    share = [
+        {"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "only me"}, {"from": "bard", "value": "x"}]},
+    ]
+    (tmp_path / "share.json").write_text(json.dumps(share))
+    report = ReadReport()
+    got = read_conversations([str(tmp_path / "share.json")], report)
+    assert got == [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
+    assert report.errors == [
+        f"{tmp_path / 'share.json'}:[1]: malformed: message 1 has role 'bard'; use one of system, user, assistant"
+    ]
 
 
 def test_padded_batches_hold_only_targets_of_the_conversations():
@@ -348,6 +362,23 @@ def test_lora_trains_only_adapters_merges_and_loads_in_peft(base_run: Path, tmp_
     with torch.no_grad():
         theirs = peft_model(ids).logits
     assert (ours - theirs).abs().max() < 1e-4
+    # slm's loader reads the adapter folder onto its base too; onto another base it is refused.
+    with torch.no_grad():
+        again, _ = load_model(tmp_path / "adapter").model(ids)
+    assert (ours - again).abs().max() < 1e-5
+    other = tmp_path / "other_base"
+    shutil.copytree(base_run, other)
+    ckpt = resolve_checkpoint(other)[1]
+    w = read_weights(ckpt / WEIGHTS)
+    w["norm.weight"] = w["norm.weight"] + 0.01
+    save_file(w, str(ckpt / WEIGHTS))
+    conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == str(base_run)
+    (tmp_path / "adapter" / "adapter_config.json").write_text(
+        json.dumps({**conf, "base_model_name_or_path": str(other)})
+    )
+    with pytest.raises(SlmError, match=r"trained on a base with weights hash [0-9a-f]{32}, but .* has [0-9a-f]{32}"):
+        load_model(tmp_path / "adapter")
     merged_hf = export_hf(tmp_path / "lora", tmp_path / "merged_hf")  # --format hf writes the merged model
     with torch.no_grad():
         folded = transformers.AutoModelForCausalLM.from_pretrained(merged_hf, dtype=torch.float32)(ids).logits
@@ -377,10 +408,12 @@ def test_lora_resumes_bit_identically(base_run: Path, tmp_path: Path, monkeypatc
 
 
 def test_lora_targets_that_match_nothing_name_the_layers(base_run: Path, tmp_path: Path):
-    cfg = lora_cfg(base_run, chats(tmp_path / "chats.jsonl"))
-    cfg.lora.targets = ["query", "value"]
-    with pytest.raises(SlmError, match=r"match no layer.*gate_proj.*q_proj"):
-        train(cfg, Run(tmp_path / "x"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+    from slm.model.lora import add_lora
+
+    with pytest.raises(SlmError, match=r"match no layer.*q_proj.*gate_proj"):  # refused with the recipe
+        load_config(None, ["lora.targets=['query', 'value']"])
+    with pytest.raises(SlmError, match=r"match no layer.*gate_proj.*q_proj"):  # and by the library itself
+        add_lora(load_model(base_run).model, 4, 8.0, 0.0, ["query"])
 
 
 # ---- selecting instruction data with a small reference (slm select on conversations)

@@ -633,6 +633,9 @@ def export_cmd(
         "hf", "--format", "-f", help="hf (transformers folder), gguf (llama.cpp file) or peft (a LoRA run's adapters)."
     ),
     gguf_type: Literal["f32", "f16", "q8_0"] = typer.Option("f16", "--type", help="GGUF tensor type."),
+    merge: bool = typer.Option(
+        True, help="A LoRA run: fold the adapters into the weights (hf, gguf); --format peft keeps them apart."
+    ),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
     """Export a trained model to a format other tools load (Llama, or Qwen3 when qk_norm is on).
@@ -644,6 +647,8 @@ def export_cmd(
 
     A LoRA run exports merged (adapters folded into the weights) as hf and gguf.
     """
+    if not merge and fmt != "peft":
+        raise SlmError("--no-merge: an hf or gguf export holds merged weights; export the adapters with --format peft")
     if fmt == "hf":
         from slm.export.hf import export_hf
 

@@ -257,6 +257,10 @@ class SftConfig(Section):
         return self
 
 
+# The linear layers of slm's model by the last part of their names (transformers' Llama names).
+LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
 class LoraConfig(Section):
     """LoRA: low-rank adapters on the named projections are trained, every other weight is frozen."""
 
@@ -268,6 +272,15 @@ class LoraConfig(Section):
         min_length=1,
         description="names of the linear layers that get adapters",
     )
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> LoraConfig:
+        unknown = [t for t in self.targets if t not in LINEAR_LAYERS]
+        if unknown:
+            raise ValueError(
+                f"lora.targets {unknown} match no layer of the model; its linear layers are {', '.join(LINEAR_LAYERS)}"
+            )
+        return self
 
 
 class Config(Section):

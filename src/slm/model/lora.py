@@ -14,6 +14,8 @@ the tuned model; a resumed run gets base and adapters back apart.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from slm.errors import SlmError
@@ -79,16 +81,38 @@ def merged(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stored tensors with every adapter folded into its base weight: W + scale * B @ A."""
     if SCALE not in sd:
         return sd
-    scale = float(sd[SCALE])
-    out = {k: v for k, v in sd.items() if k != SCALE and ".lora_" not in k}
-    for k in sd:
-        if k.endswith(".lora_A.weight"):
-            base = k[: -len(".lora_A.weight")]
-            a, b = sd[k].float(), sd[f"{base}.lora_B.weight"].float()
-            w = out[f"{base}.weight"]
-            out[f"{base}.weight"] = (w.float() + scale * (b @ a)).to(w.dtype)
-    return out
+    base = {k: v for k, v in sd.items() if k != SCALE and ".lora_" not in k}
+    pairs = {
+        f"{k[: -len('.lora_A.weight')]}.weight": (sd[k], sd[k.replace(".lora_A.", ".lora_B.")])
+        for k in sd
+        if k.endswith(".lora_A.weight")
+    }
+    return fold(base, pairs, float(sd[SCALE]))
 
 
 def is_adapter(sd: dict[str, torch.Tensor]) -> bool:
     return SCALE in sd
+
+
+def base_hash(state: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of a base model's weights that an adapter records and checks on load: every tensor but
+    adapters and the output head (tied or not), by name, as float16, so a base read from its GGUF, its slm
+    import or a LoRA run's frozen copy gives the same value."""
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(state):
+        if ".lora_" in k or k in (SCALE, "lm_head.weight"):
+            continue
+        h.update(k.encode())
+        h.update(state[k].detach().to(torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fold(state: dict[str, torch.Tensor], adapters: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float):
+    """Base weights with adapters folded in: W + scale * B @ A for each (A, B) under its weight's name."""
+    out = dict(state)
+    for name, (a, b) in adapters.items():
+        w = out[name]
+        if (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise SlmError(f"the adapter for {name} is {b.shape[0]}x{a.shape[1]}; the base weight is {tuple(w.shape)}")
+        out[name] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
+    return out

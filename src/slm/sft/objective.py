@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,31 +43,38 @@ class SftObjective(Objective):
         super().__init__(cfg)
         self.s = sft_config(cfg)
 
+    def prepare(self, cfg: Config, run: Run, say: Callable[[str], None]) -> None:
+        """The conversations are read and checked first: bad data is refused before anything is imported or
+        written."""
+        s = self.s
+        if not cfg.train.init and not cfg.tokenizer.path and not run.tokenizer_path.is_file():
+            raise SlmError("slm sft needs a model to start from: set train.init (or --init SOURCE)")
+        if s.template not in (None, "chatml") and not Path(s.template).is_file():
+            raise SlmError(f"sft.template {s.template} not found; give 'chatml' or a Jinja file")
+        self.read, self.val_read = ReadReport(), ReadReport()
+        self.convs = read_conversations(s.data, self.read)
+        if not self.convs:
+            first = f"; first: {self.read.errors[0]}" if self.read.errors else ""
+            raise SlmError(
+                f"sft.data holds no valid conversation ({sum(self.read.skipped.values())} records skipped{first})"
+            )
+        self.val = read_conversations(s.val_data, self.val_read) if s.val_data else None
+        super().prepare(cfg, run, say)
+
     def prepare_data(self, cfg: Config, run: Run, say: Callable[[str], None]) -> tuple[Tokenizer, Any]:
         s = self.s
-        if run.tokenizer_path.is_file():
-            tok = load_tokenizer(run.tokenizer_path)
-        elif cfg.tokenizer.path:
-            tok = load_tokenizer(cfg.tokenizer.path)
-            atomic_write_text(run.tokenizer_path, tok.to_str(pretty=True))
-        else:
-            raise SlmError("slm sft needs a model to start from: set train.init (or --init SOURCE)")
+        tok = load_tokenizer(run.tokenizer_path if run.tokenizer_path.is_file() else cfg.tokenizer.path)
         own = run.chat_template_path.read_text(encoding="utf-8") if run.chat_template_path.is_file() else None
         fmt = chat_format(tok, own, s.template, cfg.tokenizer.eos_token)
-        if s.template and not run.chat_template_path.is_file():
-            atomic_write_text(run.chat_template_path, fmt.template)  # the run chats as it was taught
-        read = ReadReport()
-        convs = read_conversations(s.data, read)
-        val_read = ReadReport()
-        if s.val_data:
-            val = read_conversations(s.val_data, val_read)
-        else:
+        convs, val = self.convs, self.val
+        if val is None:
             val = [c for c in convs if held_out(c, s.val_fraction)]
             convs = [c for c in convs if not held_out(c, s.val_fraction)]
         seq_len = cfg.seq_len
         rep, val_rep = RenderReport(), RenderReport()
         train = render_all(fmt, convs, seq_len, s.loss_on, s.overlong, rep)
         held = render_all(fmt, val, seq_len, s.loss_on, s.overlong, val_rep)
+        read, val_read = self.read, self.val_read
         for e in read.errors[:5] + val_read.errors[:5]:
             say(f"skipped {e}")
         say(
@@ -75,8 +83,18 @@ class SftObjective(Objective):
             f"(sft.overlong='{s.overlong}'), {rep.truncated + val_rep.truncated} truncated; "
             f"{rep.target_tokens:,} of {rep.tokens:,} training tokens are targets"
         )
+        if not train:
+            raise SlmError(
+                f"no training conversation fits train.seq_len={seq_len} with something to learn; raise "
+                "train.seq_len or set sft.overlong = 'truncate'"
+            )
         if not held:
             raise SlmError("no held-out conversations: set sft.val_data or a larger sft.val_fraction")
+        # Written only now that the data is known to be usable: a refused run leaves no folder behind.
+        if not run.tokenizer_path.is_file():
+            atomic_write_text(run.tokenizer_path, tok.to_str(pretty=True))
+        if s.template and not run.chat_template_path.is_file():
+            atomic_write_text(run.chat_template_path, fmt.template)  # the run chats as it was taught
         counts = {
             "read": read.as_dict(),
             "val_read": val_read.as_dict(),
