@@ -114,3 +114,35 @@ def test_version_and_errors_that_quote_brackets(tmp_path: Path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "/proc/" in r.stderr  # an unwritable output
     r = slm("generate", str(tmp_path), "--top-p", "0")
     assert r.returncode == 2 and "sampling parameter top_p" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [
+        (["export", "RUN", "--out", "{o}"], "slm.export.hf.export_hf"),
+        (["report", "RUN", "--out", "{o}"], "slm.report.html.write_report"),
+        (["data", "run", "recipes/data-builtin.toml", "--out", "{o}"], "slm.data.pipeline.run_pipeline"),
+        (["eval", "RUN", "--text", "x.txt", "--out", "{o}"], "slm.eval.evaluate.evaluate"),
+        (["train", "--out", "{o}"], "slm.train.start.start"),
+    ],
+)
+def test_an_unwritable_output_is_one_line_naming_the_path(command, target, tmp_path: Path, monkeypatch, capsys):
+    """A read-only or full disk (root here writes anywhere, so the write itself is made to fail as the OS
+    would): the path and what to check, exit 2, no traceback."""
+    import importlib
+
+    from slm.cli import main
+
+    out = str(tmp_path / "locked" / "out")
+    module, name = target.rsplit(".", 1)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", out)
+
+    monkeypatch.setattr(importlib.import_module(module), name, refuse)
+    monkeypatch.setattr("sys.argv", ["slm", *[a.replace("{o}", out) for a in command]])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{out}: Permission denied" in err and "writable" in err and "Traceback" not in err

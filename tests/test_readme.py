@@ -40,6 +40,7 @@ SKIP = {
 AFTER = {
     'slm generate runs/quickstart -p "ROMEO." -n 100': "slm tokenizer train data/shakespeare",
     "slm data cloze corpora/builtin": "slm data builtin -o corpora/builtin",
+    "slm select data/instruct/wordnet/val.jsonl": "slm sft recipes/sft-docstrings.toml",
 }
 STEPS = ["train.max_steps=4", "train.warmup_steps=1", "train.eval_every=2", "train.ckpt_every=2"]
 SHAPE = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "train.batch_size=2", "train.seq_len=32"]
