@@ -262,6 +262,16 @@ def test_sft_learns_the_answers_and_resumes_bit_identically(base_run: Path, tmp_
     assert summary["val_bpb"] < first["val_bpb"]  # the held-out answers got likelier
     assert (tmp_path / "a" / "chat_template.jinja").read_text() == CHATML
     assert load_model(tmp_path / "a").chat_template == CHATML
+    if batching == "grouped":  # the tuned run exports as the chat model it is
+        from transformers import AutoTokenizer
+
+        from slm.export.hf import export_hf
+
+        hf = AutoTokenizer.from_pretrained(export_hf(tmp_path / "a", tmp_path / "hf"))
+        turns = [{"role": "user", "content": "Say river 2 times."}]
+        assert hf.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) == (
+            "<|im_start|>user\nSay river 2 times.<|im_end|>\n<|im_start|>assistant\n"
+        )
     # Killed after step 9, then resumed: the same losses and weights as the straight run.
     kind = PackedBatcher if batching == "packed" else ConversationBatcher
     real = kind.batch
