@@ -332,6 +332,8 @@ def test_the_suite_covers_every_command_and_enough_cases():
         "mix run",
         "mix validate",
         "quickstart",
+        "sft",
+        "chat",
     ):
         assert name in commands, f"no bad-input case for slm {name}"
     assert len(CASES) >= 60
