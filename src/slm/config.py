@@ -155,6 +155,7 @@ class SamplingParams(Section):
     seed: int | None = Field(None, description="per-sequence seed: the same seed gives the same text")
     stop: list[str] = Field(default_factory=list, description="stop before the first of these strings")
     logprobs: bool = Field(False, description="record the log-probability of each chosen token")
+    top_logprobs: int = Field(0, ge=0, le=20, description="record the likeliest this many tokens at each step")
 
 
 class SampleConfig(SamplingParams):

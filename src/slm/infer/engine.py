@@ -43,7 +43,9 @@ class Event:
     id: int
     text: str
     tokens: list[int]
-    finish_reason: str | None = None  # "stop" (end-of-text token or stop string) or "length"
+    finish_reason: str | None = None  # "stop" (end-of-text token or stop string), "length" or "cancelled"
+    logprobs: list[float] | None = None  # of `tokens`, when the sequence asked for them
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the likeliest (id, log-probability)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Completion:
     logprobs: list[float] | None  # log-probability of each generated token (SamplingParams.logprobs)
     time_to_first_token: float
     seconds: float
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # SamplingParams.top_logprobs per token
 
 
 @dataclass
@@ -68,6 +71,7 @@ class _Seq:
     t_submit: float
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
     pending: int | None = None  # the last token chosen, not yet in the cache
     length: int = 0  # cache positions this sequence's row holds
@@ -86,6 +90,7 @@ class _Seq:
             self.logprobs if self.params.logprobs else None,
             first - self.t_submit,
             self.t_done - self.t_submit,
+            self.top if self.params.top_logprobs else None,
         )
 
 
@@ -265,15 +270,24 @@ class Engine:
     def _choose(self, seqs: list[_Seq], logits: torch.Tensor, events: list[Event], where: str) -> None:
         check_finite(logits, where)
         picks = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        lps = None
-        if any(s.params.logprobs for s in seqs):
-            lps = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(picks, device=logits.device)[:, None])
-            lps = lps[:, 0].tolist()
+        lps, tops = None, None
+        if any(s.params.logprobs or s.params.top_logprobs for s in seqs):
+            logp = torch.log_softmax(logits.float(), -1)
+            lps = logp.gather(1, torch.tensor(picks, device=logits.device)[:, None])[:, 0].tolist()
+            k = max(s.params.top_logprobs for s in seqs)
+            if k:
+                v, ix = logp.topk(k, dim=-1)
+                tops = [list(zip(a, b, strict=True)) for a, b in zip(ix.tolist(), v.tolist(), strict=True)]
         now = time.perf_counter()
         for i, (s, t) in enumerate(zip(seqs, picks, strict=True)):
             s.tokens.append(t)
-            if lps is not None:
+            lp = top = None
+            if lps is not None and (s.params.logprobs or s.params.top_logprobs):
+                lp = [lps[i]]
                 s.logprobs.append(lps[i])
+                if tops is not None and s.params.top_logprobs:
+                    top = [tops[i][: s.params.top_logprobs]]
+                    s.top.append(top[0])
             if s.t_first is None:
                 s.t_first = now
             if t in self.stop_ids:
@@ -289,7 +303,7 @@ class Engine:
                     s.text.add(None)  # anything held back as half a character
                 s.t_done = now
             s.pending = t
-            events.append(Event(s.id, s.text.take(final=s.finish_reason is not None), [t], s.finish_reason))
+            events.append(Event(s.id, s.text.take(final=s.finish_reason is not None), [t], s.finish_reason, lp, top))
 
     def _retire(self) -> None:
         """Finished rows leave; the last live row moves into each hole, so rows stay 0..n-1."""
