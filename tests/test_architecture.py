@@ -17,7 +17,7 @@ FLOORS = [
     {"model"},
     {"infer"},
     {"train"},
-    {"eval", "export", "report"},
+    {"eval", "export", "report", "serve"},
     {"distill", "select", "mix", "sft"},
     {"quickstart"},
     {"cli"},

@@ -35,12 +35,14 @@ SKIP = {
     "make test": "the suite this test belongs to",
     "slm-lm-eval": "lm-eval's tasks download their data from the Hub; tests/test_lm_eval_backend.py runs a local task",
     "my-data.toml": "the reader's own recipe (the TOML below it names the reader's files)",
+    "slm serve": "a server runs until stopped: started in the background for the Python example that talks to it",
 }
 # Blocks that continue the folder of an earlier block (first command of each), as a reader would.
 AFTER = {
     'slm generate runs/quickstart -p "ROMEO." -n 100': "slm tokenizer train data/shakespeare",
     "slm data cloze corpora/builtin": "slm data builtin -o corpora/builtin",
     "slm select data/instruct/wordnet/val.jsonl": "slm sft recipes/sft-docstrings.toml",
+    "slm serve runs/sft-docstrings": "slm sft recipes/sft-docstrings.toml",
 }
 STEPS = ["train.max_steps=4", "train.warmup_steps=1", "train.eval_every=2", "train.ckpt_every=2"]
 SHAPE = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "train.batch_size=2", "train.seq_len=32"]
@@ -139,6 +141,23 @@ def tiny(cmd: str) -> str:
     return cmd + "".join(f" --set {shlex.quote(e)}" for e in extra)
 
 
+def wait_for(port: str, server: subprocess.Popen) -> None:
+    """Until the server at 127.0.0.1:port answers /health (it loads its model first)."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert server.poll() is None, "slm serve exited before it answered"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if b'"ok"' in r.read():
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("slm serve did not answer /health in 300 s")
+
+
 def workspace(path: Path) -> Path:
     """A folder laid out like a checkout: data and recipes are read (linked), tasks/ is written to (copied)."""
     path.mkdir()
@@ -160,6 +179,7 @@ def test_every_readme_command_block_runs_as_written(tmp_path: Path):
         "COLUMNS": "200",
     }
     folders: dict[str, Path] = {}
+    servers: list[tuple[str, Path]] = []  # (command, folder) of each `slm serve` line
     ran = 0
     for n, block in shell_blocks():
         if not block:
@@ -173,6 +193,8 @@ def test_every_readme_command_block_runs_as_written(tmp_path: Path):
             ws = workspace(tmp_path / f"block{n}")
         folders[block[0]] = ws
         for cmd in block:
+            if cmd.startswith("slm serve"):
+                servers.append((cmd, ws))
             if skipped(cmd):
                 continue
             run = tiny(cmd)
@@ -187,12 +209,23 @@ def test_every_readme_command_block_runs_as_written(tmp_path: Path):
             )
             assert r.returncode == 0, f"README.md:{n}: `{cmd}` failed (ran `{run}`):\n{r.stderr[-3000:]}"
             ran += 1
-    # The Python example, as a script in a fresh folder.
+    # The Python examples, as scripts in a fresh folder; one that talks to `slm serve` runs while the README's
+    # serve command runs in the background, in its block's folder.
     for n, lang, body in blocks():
         if lang == "python":
             script = tmp_path / f"example{n}.py"
             script.write_text("\n".join(body) + "\n")
-            r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+            server = None
+            if "base_url=" in script.read_text():
+                cmd, ws = servers[0]
+                server = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=ws, env=env, stdin=subprocess.DEVNULL)
+                wait_for(re.search(r"--port (\d+)", cmd).group(1), server)
+            try:
+                r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+            finally:
+                if server is not None:
+                    server.terminate()
+                    assert server.wait(timeout=60) is not None
             assert r.returncode == 0, f"README.md:{n}: the Python example failed:\n{r.stderr[-3000:]}"
             ran += 1
     # A shown session: the output printed under `$ command` is what the command prints.

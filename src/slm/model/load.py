@@ -12,6 +12,8 @@ precision the source stored it in, which is what `slm import` writes to a run fo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +202,23 @@ def _read_hf_folder(src: Path) -> Source:
     return Source(str(src), mcfg, vocab, state, tok, cfg, _chat_template_of(src, tcfg))
 
 
+@contextlib.contextmanager
+def _quiet_gguf_bar():
+    """transformers' GGUF reader draws a plain tqdm bar ("Converting and de-quantizing GGUF tensors") that its
+    own disable_progress_bar does not reach; it would break into slm's output and logs."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def _read_gguf(src: Path) -> Source:
     try:
         import gguf
@@ -220,8 +239,9 @@ def _read_gguf(src: Path) -> Source:
     hf_logging.disable_progress_bar()  # its tqdm bars would break into slm's own output
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-        hf_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        with _quiet_gguf_bar():
+            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+            hf_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     except (ValueError, KeyError, NotImplementedError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = "; re-quantise it with llama.cpp's llama-quantize to F16, Q8_0 or Q4_K" if "quantiz" in first else ""
