@@ -11,16 +11,20 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    """Three small Shakespeare excerpts as separate documents, plus a held-out one."""
-    d = tmp_path / "corpus"
+def make_corpus(folder: Path, chars: int = 12000) -> Path:
+    """Three small Shakespeare excerpts as separate documents in folder/corpus, plus folder/heldout.txt."""
+    d = folder / "corpus"
     d.mkdir()
     for name in ("hamlet", "tempest", "sonnets"):
         text = (REPO / "data" / "shakespeare" / f"{name}.txt").read_text()
-        (d / f"{name}.txt").write_text(text[:12000])
-    (tmp_path / "heldout.txt").write_text((REPO / "data" / "shakespeare" / "macbeth.txt").read_text()[:6000])
+        (d / f"{name}.txt").write_text(text[:chars])
+    (folder / "heldout.txt").write_text((REPO / "data" / "shakespeare" / "macbeth.txt").read_text()[:6000])
     return d
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return make_corpus(tmp_path)
 
 
 def tiny_overrides(corpus: Path, out: Path) -> list[str]:

@@ -25,30 +25,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(command: str, recipe: Path, out: Path) -> None:
+    """`slm COMMAND RECIPE --out OUT` as two processes under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    launch = ["-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd = [
+        sys.executable,
+        *launch,
+        f"--master_port={free_port()}",
+        "-m",
+        "slm",
+        command,
+        str(recipe),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_two_processes_match_one(corpus: Path, tmp_path: Path):
     """The README's torchrun line as written: grad_accum left unset becomes one micro-batch per process."""
     cfg = load_config(None, [*tiny_overrides(corpus, tmp_path / "runs"), "train.max_steps=8"])
     assert cfg.train.grad_accum is None
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(config_to_toml(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "slm",
-        "train",
-        str(recipe),
-        "--out",
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("train", recipe, tmp_path / "ddp")
 
     assert Run(tmp_path / "ddp").load_config().train.grad_accum == 2
     cfg.train.grad_accum = 2  # one process, the same global batch
@@ -79,24 +81,7 @@ def test_sft_with_packing_on_two_processes_matches_one(corpus: Path, tmp_path: P
     cfg.model.dropout = 0.0
     recipe = tmp_path / "sft.toml"
     recipe.write_text(config_to_toml(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "slm",
-        "sft",
-        str(recipe),
-        "--out",
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("sft", recipe, tmp_path / "ddp")
     cfg.train.grad_accum = 2
     train(cfg, Run(tmp_path / "single"), SftObjective(cfg), console=Console(quiet=True), progress=False)
     la = [m["loss"] for m in Run(tmp_path / "ddp").metrics() if "loss" in m]

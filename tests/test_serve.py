@@ -23,7 +23,7 @@ from slm.serve.protocol import Limits
 from slm.tokenizer import end_ids
 from slm.train.loop import train
 
-from .conftest import REPO, tiny_overrides
+from .conftest import make_corpus, tiny_overrides
 
 
 class Server:
@@ -49,11 +49,7 @@ class Server:
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("serve")
-    corpus = tmp / "corpus"
-    corpus.mkdir()
-    for name in ("hamlet", "tempest", "sonnets"):
-        (corpus / f"{name}.txt").write_text((REPO / "data/shakespeare" / f"{name}.txt").read_text()[:12000])
-    (tmp / "heldout.txt").write_text((REPO / "data/shakespeare/macbeth.txt").read_text()[:6000])
+    corpus = make_corpus(tmp)
     cfg = load_config(
         None,
         [*tiny_overrides(corpus, tmp / "runs"), "tokenizer.chat_tokens=true", "model.max_seq_len=64"],

@@ -27,7 +27,7 @@ from slm.sft.data import GROUP, ConversationBatcher, PackedBatcher, collate, col
 from slm.sft.objective import SftObjective
 from slm.train.loop import train
 
-from .conftest import REPO, tiny_overrides
+from .conftest import make_corpus, tiny_overrides
 
 SMOL_CHATS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
@@ -461,11 +461,7 @@ def mixed_chats(path: Path, n: int = 200, seed: int = 0) -> tuple[Path, set[int]
 def reference(tmp_path_factory) -> tuple[Path, Path, set[int]]:
     """A small reference tuned on the mixed records until it knows the pairs, with checkpoints along the way."""
     tmp = tmp_path_factory.mktemp("reference")
-    corpus = tmp / "corpus"
-    corpus.mkdir()
-    for name in ("hamlet", "tempest"):
-        (corpus / f"{name}.txt").write_text((REPO / "data/shakespeare" / f"{name}.txt").read_text()[:20000])
-    (tmp / "heldout.txt").write_text((REPO / "data/shakespeare/macbeth.txt").read_text()[:6000])
+    corpus = make_corpus(tmp)
     base = [*tiny_overrides(corpus, tmp / "runs"), "tokenizer.chat_tokens=true", "model.max_seq_len=64"]
     train(load_config(None, base), Run(tmp / "base"), console=Console(quiet=True), progress=False)
     data, noise = mixed_chats(tmp / "chats.jsonl")
@@ -491,7 +487,7 @@ def test_ifd_ranks_by_how_little_the_instruction_helps(reference, tmp_path: Path
     rows = scores_of(out)
     ifd = np.array([r["ifd"] for r in rows])
     is_noise = np.array([i in noise for i in range(len(rows))])
-    assert ifd[is_noise].mean() > 5 * ifd[~is_noise].mean()
+    assert ifd[is_noise].mean() > 3 * ifd[~is_noise].mean()
     kept = [r["index"] for r in rows if r["kept"]]
     assert len(kept) == s["kept"] == 60
     below, left = ifd < 1, ~np.isin(np.arange(len(rows)), kept)
