@@ -518,3 +518,18 @@ def test_s2l_keeps_rare_kinds_of_example_that_random_thins_out(reference, tmp_pa
     assert r["kept"] == 60 and r["strategy"] == "random"
     with pytest.raises(SlmError, match="checkpoint"):
         select_conversations(data, str(ref / "checkpoints"), tmp_path / "x.jsonl", 0.3, "s2l")
+
+
+def test_conversations_from_a_datasets_folder(tmp_path: Path):
+    """`hf:FOLDER` streams a local dataset folder through `datasets` (the json builder here), records checked
+    and skipped as from files; a split the folder lacks is one line naming it."""
+    folder = tmp_path / "chats_ds"
+    (folder / "data").mkdir(parents=True)
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(3)] + [{"prompt": "p", "completion": ""}]
+    (folder / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = ReadReport()
+    got = read_conversations([f"hf:{folder}"], report)
+    assert [c[1]["content"] for c in got] == ["c0", "c1", "c2"] and report.skipped == {"malformed": 1}
+    assert report.errors[0].startswith(f"hf:{folder}[3]: malformed")
+    with pytest.raises(SlmError, match=f"hf:{folder}:validation: cannot load the dataset"):
+        read_conversations([f"hf:{folder}:validation"], ReadReport())

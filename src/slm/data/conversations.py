@@ -6,7 +6,8 @@ of messages.
     {"prompt": "...", "completion": "..."}                                             prompt-completion
     {"conversations": [{"from": "human" | "gpt" | "system", "value": "..."}, ...]}     ShareGPT
 
-Files are JSONL, Parquet, or a JSON array of records (as ShareGPT dumps come).
+Files are JSONL, Parquet, or a JSON array of records (as ShareGPT dumps come); `hf:NAME[:SPLIT]` reads a
+`datasets` builder or a local dataset folder instead.
 
 Any record may add "system". A record that fits none of them, or breaks the messages rules (an unknown
 role, empty content, no assistant turn), is skipped and named file:line; the skips are counted.
@@ -108,11 +109,42 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"{path}:{lineno}", None
 
 
+def _dataset_records(spec: str) -> Iterator[tuple[str, object]]:
+    """`hf:NAME` or `hf:NAME:SPLIT`: a `datasets` builder or a local dataset folder, streamed."""
+    name, _, split = spec.removeprefix("hf:").partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise SlmError(f"{spec} needs the datasets package: pip install 'slm[interop]'") from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+    except Exception as e:  # offline hub lookups and bad names surface as many exception types
+        raise SlmError(
+            f"{spec}: cannot load the dataset ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
+        ) from None
+    for i, row in enumerate(ds):
+        yield f"{spec}[{i}]", row
+
+
+def _streams(patterns: list[str]) -> Iterator[Iterator[tuple[str, object]]]:
+    """Record streams in the order given: each hf: dataset, and each run of file patterns (read once each)."""
+    files: list[str] = []
+    for p in [*patterns, None]:
+        if p is not None and not p.startswith("hf:"):
+            files.append(p)
+            continue
+        if files:
+            yield from (_records(path) for path in expand_inputs(files))
+            files = []
+        if p is not None:
+            yield _dataset_records(p)
+
+
 def read_conversations(patterns: list[str], report: ReadReport) -> list[list[Message]]:
-    """Every valid conversation of the files the patterns name, in file order."""
+    """Every valid conversation of the files the patterns name (or of `hf:NAME[:SPLIT]` datasets), in order."""
     out = []
-    for path in expand_inputs(patterns):
-        for where, record in _records(path):
+    for stream in _streams(patterns):
+        for where, record in stream:
             if record is None:
                 report.skip(where, "invalid_json: not valid JSON")
                 continue
