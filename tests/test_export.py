@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -97,13 +98,24 @@ def test_gguf_export_reads_back_through_transformers(tiny_cfg, tmp_path: Path):
     x = torch.tensor([tok.encode("HAMLET. To be, or not").ids])
     with torch.no_grad():
         ours, _ = model(x)
-    for qtype, tol in (("f32", 1e-4), ("f16", 5e-2), ("q8_0", 0.5)):
+    for qtype, tol in (("f32", 1e-4), ("f16", 5e-2), ("q8_0", 0.5), ("q4_0", 0.5), ("q4_1", 0.5)):
         path = export_gguf(run, tmp_path / f"m_{qtype}.gguf", qtype)
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
         with torch.no_grad():
             theirs = hf.eval()(x).logits
         assert (ours - theirs).abs().max() < tol, qtype
-    with pytest.raises(SlmError, match="not supported; supported: f32, f16, q8_0"):
+    # The 4-bit files hold 4-bit blocks: the gguf package reads them back within one quantisation step.
+    import gguf
+
+    for qtype in ("q4_0", "q4_1"):
+        reader = gguf.GGUFReader(str(tmp_path / f"m_{qtype}.gguf"))
+        t = next(t for t in reader.tensors if t.name == "blk.0.ffn_up.weight")
+        assert t.tensor_type.name == qtype.upper()
+        back = gguf.quants.dequantize(t.data, t.tensor_type).reshape(model.layers[0].mlp.up_proj.weight.shape)
+        orig = model.layers[0].mlp.up_proj.weight.detach().numpy()
+        step = np.abs(orig).reshape(-1, 32).max(axis=1) / (8 if qtype == "q4_0" else 7.5)
+        assert (np.abs(back - orig).reshape(-1, 32).max(axis=1) <= step * 1.01).all(), qtype
+    with pytest.raises(SlmError, match="not supported; supported: f32, f16, q8_0, q4_0, q4_1"):
         export_gguf(run, tmp_path / "x.gguf", "q4_k")
     with pytest.raises(SlmError, match="exists"):
         export_gguf(run, tmp_path / "m_f32.gguf", "f32")

@@ -662,7 +662,7 @@ def export_cmd(
     fmt: Literal["hf", "gguf", "peft"] = typer.Option(
         "hf", "--format", "-f", help="hf (transformers folder), gguf (llama.cpp file) or peft (a LoRA run's adapters)."
     ),
-    gguf_type: Literal["f32", "f16", "q8_0"] = typer.Option("f16", "--type", help="GGUF tensor type."),
+    gguf_type: Literal["f32", "f16", "q8_0", "q4_0", "q4_1"] = typer.Option("f16", "--type", help="GGUF tensor type."),
     merge: bool = typer.Option(
         True, help="A LoRA run: fold the adapters into the weights (hf, gguf); --format peft keeps them apart."
     ),

@@ -1,4 +1,5 @@
-"""Export to GGUF (llama.cpp's format) with the `gguf` package: f32, f16 or q8_0.
+"""Export to GGUF (llama.cpp's format) with the `gguf` package: f32, f16, q8_0, q4_0 or q4_1 (quantised by
+the `gguf` package's own block quantisers; 1-D tensors and rows not a multiple of 32 stay float).
 
 Llama-shaped models are written as arch `llama`, QK-norm models as `qwen3`. llama.cpp's llama graph
 applies RoPE to interleaved pairs while HF checkpoints (and slm) rotate halves, so q and k rows are
@@ -17,7 +18,7 @@ from slm.errors import SlmError
 from slm.model.load import load_model
 from slm.run import refuse_existing
 
-TYPES = ("f32", "f16", "q8_0")
+TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 
 
 def _rope_permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -56,7 +57,14 @@ def export_gguf(src: str | Path, out: str | Path, qtype: str = "f16", force: boo
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
     }[qtype]
+    quant = {
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+        "q4_0": gguf.GGMLQuantizationType.Q4_0,
+        "q4_1": gguf.GGMLQuantizationType.Q4_1,
+    }.get(qtype)
     tokens, types, merges = _tokenizer_fields(tok)
     eos = tok.token_to_id(cfg.tokenizer.eos_token)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -94,9 +102,7 @@ def export_gguf(src: str | Path, out: str | Path, qtype: str = "f16", force: boo
         elif qtype == "f16" or a.shape[-1] % 32:
             w.add_tensor(name, a.astype(np.float16))
         else:
-            w.add_tensor(
-                name, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0
-            )
+            w.add_tensor(name, gguf.quants.quantize(a, quant), raw_dtype=quant)
 
     put("token_embd.weight", model.embed_tokens.weight)
     for i, b in enumerate(model.layers):
