@@ -610,6 +610,7 @@ def serve_cmd(
     max_tokens: int = typer.Option(2048, min=1, help="The most new tokens one choice may ask for."),
     max_n: int = typer.Option(16, min=1, help="The most choices (n) one request may ask for."),
     max_request_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
+    quantize: Literal["int8"] | None = typer.Option(None, help="int8: weight-only int8 projections (CPU)."),
 ) -> None:
     """Serve a model over OpenAI's API: /v1/completions, /v1/chat/completions (streaming), /v1/models,
     /health and /metrics, concurrent requests batched together on the generation engine.
@@ -623,7 +624,7 @@ def serve_cmd(
     from slm.serve.protocol import Limits
 
     limits = Limits(max_tokens=max_tokens, max_n=max_n, max_request_bytes=max_request_bytes)
-    serve(model, host, port, name, api_key, limits, max_batch, max_queue, say=_say)
+    serve(model, host, port, name, api_key, limits, max_batch, max_queue, say=_say, quantize=quantize)
 
 
 @app.command("eval")
@@ -640,6 +641,9 @@ def eval_cmd(
     num_fewshot: int | None = typer.Option(
         None, "--num-fewshot", help="Solved examples before each question (default: each task file's num_fewshot)."
     ),
+    quantize: Literal["int8"] | None = typer.Option(
+        None, help="int8: weight-only int8 projections (per-channel scales), to measure what quantising costs."
+    ),
 ) -> None:
     """Evaluate a model: multiple-choice and generative tasks, bits-per-byte on text.
 
@@ -652,7 +656,7 @@ def eval_cmd(
     from slm.eval.evaluate import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    evaluate(str(model), names, [str(t) for t in text], limit, out, console, window, dtype, num_fewshot)
+    evaluate(str(model), names, [str(t) for t in text], limit, out, console, window, dtype, num_fewshot, quantize)
 
 
 @app.command("export")

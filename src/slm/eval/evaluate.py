@@ -32,6 +32,7 @@ def evaluate(
     window: int | None = None,
     dtype: str = "float32",
     num_fewshot: int | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     if not tasks and not texts:
@@ -58,10 +59,11 @@ def evaluate(
         "limit": limit,
         "window": window,
         "dtype": dtype,
+        "quantize": quantize,
     }
     # Weights cast once for bfloat16 (autocast would re-cast them at every matmul); norms and
     # log-probabilities are still computed in fp32.
-    loaded = load_model(source, dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+    loaded = load_model(source, dtype=torch.bfloat16 if dtype == "bfloat16" else None, quantize=quantize)
     model, tok = loaded.model, loaded.tokenizer
     for task in loaded_tasks:
         t0 = time.perf_counter()

@@ -85,12 +85,22 @@ class Loaded:
         return eos_id(self.tokenizer, self.config.tokenizer.eos_token)
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Loaded:
-    """Any supported source as an eval-mode slm Transformer (float32 unless `dtype` says otherwise)."""
+def load_model(
+    source: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    quantize: str | None = None,
+) -> Loaded:
+    """Any supported source as an eval-mode slm Transformer (float32 unless `dtype` says otherwise); with
+    quantize='int8', its projections run int8 weight-only (model/quant.py)."""
     src = read_source(source)
     model = Transformer(src.model_cfg, src.vocab_size)
     load_state(model, src.state, src.origin)
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
+    if quantize:
+        from slm.model.quant import quantize as quantize_model
+
+        quantize_model(model, quantize)
     return Loaded(model, src.tokenizer, src.config, src.chat_template, src.run, src.checkpoint, src.meta, src.origin)
 
 

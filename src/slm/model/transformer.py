@@ -78,11 +78,18 @@ class KVCache:
 
 
 class Linear(nn.Linear):
-    """nn.Linear that can hold an inference copy of its weight prepacked for oneDNN (see Transformer.pack)."""
+    """nn.Linear that can hold an inference copy of its weight prepacked for oneDNN (see Transformer.pack), or
+    int8 weights with a scale per output channel (model/quant.py)."""
 
     packed: torch.Tensor | None = None
+    int8: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8 is not None:
+            q, scale = self.int8
+            flat = x.reshape(-1, x.size(-1)).contiguous()
+            y = torch.ops.aten._weight_int8pack_mm(flat, q, scale.to(x.dtype))
+            return y.reshape(*x.shape[:-1], q.size(0))
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return F.linear(x, self.weight)
@@ -255,7 +262,7 @@ class Transformer(nn.Module):
         if not can_pack(p.device, p.dtype):
             return False
         for m in self.modules():
-            if isinstance(m, Linear):
+            if isinstance(m, Linear) and m.int8 is None:  # int8 weights have their own kernel
                 m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), PACK_ROWS)
         return True
 

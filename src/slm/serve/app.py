@@ -435,13 +435,14 @@ def serve(
     max_batch: int = 32,
     max_waiting: int = 256,
     say=print,
+    quantize: str | None = None,
 ) -> None:
     """Load the model, then serve until interrupted (SIGINT or SIGTERM finish in-flight requests first)."""
     import uvicorn
 
     from slm.model.load import load_model
 
-    loaded = load_model(source)
+    loaded = load_model(source, quantize=quantize)
     name = name or str(source)
     app = create_app(loaded, name, api_key, limits, max_batch, max_waiting)
     say(f"serving {name} on http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
