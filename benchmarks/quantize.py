@@ -3,7 +3,8 @@
     python benchmarks/quantize.py [--bytes 60000] [--rounds 3] [--threads 2] [--device cpu]
 
 Cost: bits-per-byte of held-out text (the first --bytes of the built-in corpus's held-out files of drama,
-Python docs and scripture) scored by slm's one scorer with float32 weights and with int8 weights (one scale per output channel).
+Python docs and scripture) scored by slm's one scorer with float32 weights and with int8 weights (one scale
+per output channel).
 Speed: greedy decoding of 128 new tokens, 1 sequence (32-token prompt) and 8 at once (64-token prompts), on
 the generation engine (float32: oneDNN-packed weights, its default), rounds alternating float32 and int8,
 medians. Ends with one JSON line.
