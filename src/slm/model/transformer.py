@@ -357,9 +357,10 @@ class Transformer(nn.Module):
 
         With targets the logits go straight into the fused loss, whose backward reuses their memory.
         """
+        h = self.hidden(idx, cache) if segments is None else self.hidden(idx, segments=segments)
         if hidden_only:
-            return self.hidden(idx, cache, segments=segments), None
-        logits = self.logits(self.hidden(idx, cache, segments=segments))
+            return h, None
+        logits = self.logits(h)
         if targets is None:
             return logits, None
         # z-loss (PaLM) keeps the softmax normaliser near 1, which steadies low-precision training.
