@@ -1,6 +1,6 @@
 """int8 weight-only inference on SmolLM2-135M-Instruct: what it costs in bits-per-byte, what it gains in speed.
 
-    python benchmarks/quantize.py [--bytes 60000] [--rounds 3] [--threads 2] [--device cpu]
+    python benchmarks/quantize.py [--bytes 60000] [--rounds 3] [--threads 2]    (--rounds 0: the cost only)
 
 Cost: bits-per-byte of held-out text (the first --bytes of the built-in corpus's held-out files of drama,
 Python docs and scripture) scored by slm's one scorer with float32 weights and with int8 weights (one scale
@@ -77,20 +77,13 @@ def main() -> None:
             for name, m in (("float32", fp32), ("int8", int8)) if r % 2 == 0 else (("int8", int8), ("float32", fp32)):
                 speed[kind][name].append(decode(m, prompts))
         print(json.dumps({"round": r, **{k: {n: round(v[-1], 1) for n, v in d.items()} for k, d in speed.items()}}))
-    med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in speed.items()}
-    print(
-        json.dumps(
-            {
-                "cpu": cpu_name(),
-                "cpu_flags": cpu_flags(),
-                "threads": args.threads,
-                "bpb": cost,
-                "tokens_per_sec": {k: {n: round(v, 1) for n, v in d.items()} for k, d in med.items()},
-                "int8_speedup_b1": round(med["b1"]["int8"] / med["b1"]["float32"], 2),
-                "int8_speedup_b8": round(med["b8"]["int8"] / med["b8"]["float32"], 2),
-            }
-        )
-    )
+    result = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads, "bpb": cost}
+    if args.rounds:  # --rounds 0: the bits-per-byte cost only
+        med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in speed.items()}
+        result["tokens_per_sec"] = {k: {n: round(v, 1) for n, v in d.items()} for k, d in med.items()}
+        result["int8_speedup_b1"] = round(med["b1"]["int8"] / med["b1"]["float32"], 2)
+        result["int8_speedup_b8"] = round(med["b8"]["int8"] / med["b8"]["float32"], 2)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
