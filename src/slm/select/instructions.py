@@ -222,7 +222,7 @@ def select_conversations(
         ]
         extra = {"clusters": k, "checkpoints": traj.shape[1]}
     else:
-        scores = conversation_scores(str(source), convs, progress=progress)
+        scores = conversation_scores(str(source), convs, progress=progress, alone=rule == "ifd")
     kept = choose(scores, fraction, rule, seed, labels)
     keep = set(kept)
     atomic_write_text(out, "".join(records[i][0] + "\n" for i in kept))
