@@ -241,3 +241,34 @@ def test_a_base_model_serves_completions_and_refuses_chat(tmp_path: Path, corpus
             c.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}])
     finally:
         s.stop()
+
+
+def test_speculative_serving_gives_the_same_text(loaded):
+    """`slm serve --draft ngram`: greedy and seeded text as without guesses, streamed, several at once;
+    /metrics counts the guesses."""
+    from slm.infer.speculative import make_drafter
+
+    s = Server(create_app(loaded, "tiny", drafter=make_drafter("ngram", loaded.model, 4)))
+    try:
+        c = s.client()
+        prompts = ["KING.", "KING. KING. KING. KING.", "Who is there? Who"]
+        results: dict[int, str] = {}
+
+        def ask(i: int) -> None:
+            r = c.completions.create(model="tiny", prompt=prompts[i], max_tokens=30, temperature=0)
+            results[i] = r.choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [results[i] for i in range(len(prompts))] == [engine_greedy(loaded, p, 30) for p in prompts]
+        streamed = c.completions.create(model="tiny", prompt=prompts[1], max_tokens=30, temperature=0, stream=True)
+        assert "".join(ch.choices[0].text for ch in streamed) == results[1]
+        seeded = dict(model="tiny", prompt=prompts[0], max_tokens=20, temperature=0.9, seed=11)
+        assert c.completions.create(**seeded).choices[0].text == c.completions.create(**seeded).choices[0].text
+        assert metric(s, "draft_tokens_total") > 0
+        assert 0 < metric(s, "draft_tokens_accepted_total") <= metric(s, "draft_tokens_total")
+    finally:
+        s.stop()

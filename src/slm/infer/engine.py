@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.sampling import check_finite, choose
+from slm.infer.speculative import Drafter, verify
 from slm.infer.text import IncrementalText
 from slm.model.transformer import KVCache, Transformer
 
@@ -75,6 +76,7 @@ class _Seq:
     finish_reason: str | None = None
     pending: int | None = None  # the last token chosen, not yet in the cache
     length: int = 0  # cache positions this sequence's row holds
+    origin: int = 0  # where the row's context starts in prompt + tokens (later than 0 after a refill)
     t_first: float | None = None
     t_done: float | None = None
 
@@ -103,10 +105,12 @@ class Engine:
         max_batch: int = 32,
         prefill_tokens: int = 2048,
         pack: bool | None = None,
+        drafter: Drafter | None = None,
     ):
         """stop_ids: tokens that end a sequence (end-of-text). prefill_tokens: positions, padding included,
         one prompt batch may hold. pack: keep decoding copies of the weights (default: on CPU, see
-        Transformer.pack); close() drops them."""
+        Transformer.pack); close() drops them. drafter: guesses for speculative decoding
+        (infer/speculative.py); the engine closes it."""
         if max_batch < 1:
             raise SlmError(f"max_batch must be at least 1 (got {max_batch})")
         self.model, self.tok = model.eval(), tokenizer
@@ -122,11 +126,16 @@ class Engine:
         self.finished: dict[int, _Seq] = {}
         self.next_id = 0
         self.steps = 0
+        self.drafter = drafter
+        self.drafted = 0  # guesses checked, and those the model accepted (speculative decoding)
+        self.accepted = 0
 
     def close(self) -> None:
         if self.packed:
             self.model.unpack()
             self.packed = False
+        if self.drafter is not None:
+            self.drafter.close()
         self.cache = None
 
     def __enter__(self) -> Engine:
@@ -207,7 +216,7 @@ class Engine:
             if s.finish_reason is None and s.length >= self.limit:
                 self._prefill(i, [s], [self._context(s)], events)
         self._retire()
-        if self.rows:
+        if self.rows and not (self.drafter is not None and self._speculate(events)):
             self._decode(events)
         self._retire()
         self.steps += 1
@@ -253,8 +262,10 @@ class Engine:
         h = self.model.hidden(x, cache=self.cache.rows(row, row + len(seqs)))
         last = torch.tensor([len(c) - 1 for c in contexts], device=self.device)
         logits = self.model.logits(h[torch.arange(len(seqs), device=self.device), last])
-        for s, c in zip(seqs, contexts, strict=True):
-            s.length = len(c)
+        for i, (s, c) in enumerate(zip(seqs, contexts, strict=True)):
+            s.length, s.origin = len(c), len(s.prompt) + len(s.tokens) - len(c)
+            if self.drafter is not None:
+                self.drafter.reset(row + i)
         self._choose(seqs, logits, events, "prefill")
 
     def _decode(self, events: list[Event]) -> None:
@@ -265,31 +276,72 @@ class Engine:
         logits = self.model.logits(h[:, 0])
         for s in self.rows:
             s.length += 1
+        if self.drafter is not None:
+            self.drafter.observe(x[:, 0], logits)
+            for i, s in enumerate(self.rows):
+                self.drafter.accepted(i, s.length)
         self._choose(self.rows, logits, events, f"decode step {self.steps}")
+
+    def _speculate(self, events: list[Event]) -> bool:
+        """One step checking each row's guesses (False, doing nothing, when there are none): every row's
+        pending token and guesses run together, right-padded to the longest guess."""
+        assert self.drafter is not None
+        # A row may not guess past its context or its max_tokens (the model's own token comes after).
+        room = [min(self.limit - 1 - s.length, s.params.max_tokens - len(s.tokens) - 1) for s in self.rows]
+        guesses = self.drafter.propose(self.rows, room)
+        k = min(max(len(g) for g in guesses), min(self.limit - 1 - s.length for s in self.rows))
+        if k <= 0:
+            return False
+        guesses = [g[:k] for g in guesses]
+        n = len(self.rows)
+        self._ensure(n, max(s.length for s in self.rows) + k + 1)
+        assert self.cache is not None
+        x = torch.tensor(
+            [
+                [s.pending, *g] + [g[-1] if g else s.pending] * (k - len(g))
+                for s, g in zip(self.rows, guesses, strict=True)
+            ],
+            device=self.device,
+        )
+        h = self.model.hidden(x, cache=self.cache.rows(0, n), positions=[s.length for s in self.rows])
+        logits = self.model.logits(h)
+        check_finite(logits.flatten(0, 1), f"decode step {self.steps}")
+        real = torch.tensor([[j <= len(g) for j in range(k + 1)] for g in guesses], device=self.device)
+        self.drafter.observe(x[real], logits[real])
+        now = time.perf_counter()
+        for i, (s, g) in enumerate(zip(self.rows, guesses, strict=True)):
+            kept = verify(g, logits[i, : len(g) + 1], s.params, s.generator)
+            self.drafted += len(g)
+            self.accepted += len(kept) - 1
+            s.length += len(kept)
+            self.drafter.accepted(i, s.length)
+            self._append(s, kept, logits[i, : len(kept)], events, now)
+        return True
 
     def _choose(self, seqs: list[_Seq], logits: torch.Tensor, events: list[Event], where: str) -> None:
         check_finite(logits, where)
         picks = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        lps, tops = None, None
-        if any(s.params.logprobs or s.params.top_logprobs for s in seqs):
-            logp = torch.log_softmax(logits.float(), -1)
-            lps = logp.gather(1, torch.tensor(picks, device=logits.device)[:, None])[:, 0].tolist()
-            k = max(s.params.top_logprobs for s in seqs)
-            if k:
-                v, ix = logp.topk(k, dim=-1)
-                tops = [list(zip(a, b, strict=True)) for a, b in zip(ix.tolist(), v.tolist(), strict=True)]
         now = time.perf_counter()
         for i, (s, t) in enumerate(zip(seqs, picks, strict=True)):
+            self._append(s, [t], logits[i : i + 1], events, now)
+
+    def _append(self, s: _Seq, tokens: list[int], logits: torch.Tensor, events: list[Event], now: float) -> None:
+        """Add chosen tokens to a sequence (logits: the (len(tokens), V) rows they were chosen from), up to
+        the first that ends it; one event for all of them."""
+        lps: list[float] | None = None
+        tops: list[list[tuple[int, float]]] | None = None
+        if s.params.logprobs or s.params.top_logprobs:
+            logp = torch.log_softmax(logits.float(), -1)
+            lps = logp.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
+            if s.params.top_logprobs:
+                v, ix = logp.topk(s.params.top_logprobs, dim=-1)
+                tops = [list(zip(a, b, strict=True)) for a, b in zip(ix.tolist(), v.tolist(), strict=True)]
+        if s.t_first is None:
+            s.t_first = now
+        taken = 0
+        for t in tokens:
+            taken += 1
             s.tokens.append(t)
-            lp = top = None
-            if lps is not None and (s.params.logprobs or s.params.top_logprobs):
-                lp = [lps[i]]
-                s.logprobs.append(lps[i])
-                if tops is not None and s.params.top_logprobs:
-                    top = [tops[i][: s.params.top_logprobs]]
-                    s.top.append(top[0])
-            if s.t_first is None:
-                s.t_first = now
             if t in self.stop_ids:
                 s.finish_reason = "stop"
             else:
@@ -298,12 +350,21 @@ class Engine:
                     s.finish_reason = "stop"
                 elif len(s.tokens) >= s.params.max_tokens:
                     s.finish_reason = "length"
+            s.pending = t
             if s.finish_reason is not None:
                 if s.text.stopped_by is None:
                     s.text.add(None)  # anything held back as half a character
                 s.t_done = now
-            s.pending = t
-            events.append(Event(s.id, s.text.take(final=s.finish_reason is not None), [t], s.finish_reason, lp, top))
+                break
+        lp = lps[:taken] if lps is not None else None
+        top = tops[:taken] if tops is not None else None
+        if lp is not None:
+            s.logprobs.extend(lp)
+        if top is not None:
+            s.top.extend(top)
+        events.append(
+            Event(s.id, s.text.take(final=s.finish_reason is not None), tokens[:taken], s.finish_reason, lp, top)
+        )
 
     def _retire(self) -> None:
         """Finished rows leave; the last live row moves into each hole, so rows stay 0..n-1."""
@@ -317,8 +378,12 @@ class Engine:
                 for buf in (*self.cache.k, *self.cache.v):
                     buf[i, :, :n] = buf[last, :, :n]
                 self.rows[i] = self.rows[last]
+                if self.drafter is not None:
+                    self.drafter.moved(i, last)
             self.rows.pop()
             self.finished[s.id] = s
+            if self.drafter is not None:
+                self.drafter.forget(s.id)
 
     def _ensure(self, rows: int, length: int) -> None:
         """A cache with at least `rows` rows and `length` positions, keeping what the current one holds."""

@@ -11,6 +11,7 @@ from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.engine import Engine
 from slm.infer.sampling import sampling_params
+from slm.infer.speculative import make_drafter
 from slm.infer.template import chat_format
 from slm.model.load import load_model
 from slm.run import atomic_write_text
@@ -58,11 +59,16 @@ def generate_one(
     params: dict[str, Any],
     on_text: Callable[[str], None] | None = None,
     truncate: bool = False,
+    draft: str = "none",
+    draft_tokens: int = 5,
 ) -> str:
-    """The completion of one prompt (without the prompt), streamed to on_text as it comes."""
+    """The completion of one prompt (without the prompt), streamed to on_text as it comes. draft: speculative
+    decoding's guesses ("none", "ngram" or a draft model; infer/speculative.py)."""
     p = _params(params, stop)
     loaded = load_model(source)
-    with Engine(loaded.model, loaded.tokenizer, end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)) as eng:
+    stops = end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)
+    drafter = make_drafter(draft, loaded.model, draft_tokens)
+    with Engine(loaded.model, loaded.tokenizer, stops, drafter=drafter) as eng:
         sid = eng.submit(prompt, p, truncate)
         for event in eng.stream():
             if on_text and event.text:
@@ -80,6 +86,8 @@ def generate_many(
     truncate: bool = False,
     chat: bool = False,
     system: str | None = None,
+    draft: str = "none",
+    draft_tokens: int = 5,
 ) -> list[dict[str, Any]]:
     """Completions of many prompts decoded together (prompt i seeded with seed + i), in prompt order; written
     to `out` as JSONL when given. With chat, each prompt is a user message (after `system`), rendered with
@@ -92,7 +100,8 @@ def generate_many(
         fmt = chat_format(loaded.tokenizer, loaded.chat_template, None, loaded.config.tokenizer.eos_token)
         head = [{"role": "system", "content": system}] if system else []
         prompts = [fmt.prompt_ids([*head, {"role": "user", "content": p}]) for p in prompts]
-    with Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch) as eng:
+    drafter = make_drafter(draft, loaded.model, draft_tokens)
+    with Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch, drafter=drafter) as eng:
         ids = [eng.submit(p, e, truncate) for p, e in zip(prompts, each, strict=True)]
         while eng.has_work:
             eng.step()

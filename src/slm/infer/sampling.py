@@ -1,7 +1,8 @@
 """Choosing the next token of each sequence from its logits, each with its own sampling parameters.
 
 Greedy rows are decided together (one argmax); sampled rows each draw from their own generator, so a
-sequence's text depends on its seed alone, never on which other sequences share its batch.
+sequence's text depends on its seed alone, never on which other sequences share its batch, nor on whether
+speculative decoding guessed its tokens.
 """
 
 from __future__ import annotations
@@ -55,9 +56,18 @@ def choose(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     for i, p in enumerate(params):
         if p.temperature == 0:
             continue
-        probs = filtered_probs(logits[i].cpu(), p)
-        out[i] = int(torch.multinomial(probs, 1, generator=generators[i]))
+        out[i] = sample(logits[i], p, generators[i])
     return out
+
+
+def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """One draw from the filtered distribution of a (V,) logit row, by the Gumbel-max trick: the argmax of
+    log-probabilities plus Gumbel noise. Every draw takes exactly V uniforms from the generator, so the i-th
+    token of a sequence uses the i-th block of its seed's stream whatever happened before; speculative
+    decoding relies on that to give the very text plain decoding gives for a seed."""
+    probs = filtered_probs(logits.cpu(), p)
+    u = torch.rand(probs.shape, generator=generator).clamp_(min=1e-20)
+    return int((probs.log() - (-u.log()).log()).argmax())
 
 
 def check_finite(logits: torch.Tensor, where: str) -> None:

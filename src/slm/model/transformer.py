@@ -177,10 +177,10 @@ class Attention(nn.Module):
             if isinstance(step.write, slice):
                 ck[:, :, step.write] = k
                 cv[:, :, step.write] = v
-            else:  # each row writes its one new key at its own position
+            else:  # each row writes its new keys at positions of its own: (B, 1) rows, (B, T) positions
                 rows, positions = step.write
-                ck[rows, :, positions] = k[:, :, 0]
-                cv[rows, :, positions] = v[:, :, 0]
+                ck[rows, :, positions] = k.transpose(1, 2)
+                cv[rows, :, positions] = v.transpose(1, 2)
             if step.blocks is not None:
                 y = torch.cat(
                     [
@@ -287,8 +287,9 @@ class Transformer(nn.Module):
         Without a cache: causal attention over idx. With segments (B, T), several sequences packed in a row:
         runs of equal ids are sequences of their own, each attending only within itself from position 0, so
         each one's hidden states are those it has alone. With a cache and no positions: every row continues at
-        cache.pos (prefill, scoring). With positions (one per row, T = 1): row i's token sits at
-        positions[i] and sees its own keys 0..positions[i] only, so rows of different lengths decode together.
+        cache.pos (prefill, scoring). With positions (one per row): row i's T tokens sit at positions[i],
+        positions[i] + 1, ... and each sees its own row's keys up to itself only, so rows of different lengths
+        decode together (T = 1), or check several drafted tokens at once (speculative decoding, T > 1).
         """
         B, T = idx.shape
         if segments is not None:
@@ -305,23 +306,19 @@ class Transformer(nn.Module):
             mask = (same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril())[:, None]
             step = _Step(cos, sin, mask, False, None, slice(0, T), T)
         elif positions is not None:
-            if cache is None or T != 1 or len(positions) != B:
-                raise ValueError("positions= needs a cache and one new token per row")
-            end = max(positions) + 1
-            if end > self.cfg.max_seq_len:
+            if cache is None or len(positions) != B:
+                raise ValueError("positions= needs a cache and one position per row")
+            end = max(positions) + T
+            if end > min(self.cfg.max_seq_len, cache.length):
                 raise ValueError(f"position {end - 1} is beyond model.max_seq_len={self.cfg.max_seq_len}")
-            pos = torch.tensor(positions, device=idx.device)
-            cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]
-            if min(positions) == end - 1:  # every row at the same place: a plain slice write, no mask
+            pos = torch.tensor(positions, device=idx.device)[:, None] + torch.arange(T, device=idx.device)
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+            if T == 1 and min(positions) == end - 1:  # every row at the same place: a slice write, no mask
                 step = _Step(cos, sin, None, False, cache, slice(end - 1, end), end)
             else:
-                blocks = _blocks(positions, idx.device)
-                mask = (
-                    None
-                    if blocks
-                    else (torch.arange(end, device=idx.device)[None, :] <= pos[:, None])[:, None, None, :]
-                )
-                rows = torch.arange(B, device=idx.device)
+                blocks = _blocks(positions, idx.device) if T == 1 else None
+                mask = None if blocks else (torch.arange(end, device=idx.device) <= pos[:, :, None])[:, None]
+                rows = torch.arange(B, device=idx.device)[:, None]
                 step = _Step(cos, sin, mask, False, cache, (rows, pos), end, blocks)
         else:
             start = cache.pos if cache is not None else 0

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.engine import Completion, Event
+from slm.infer.speculative import Drafter, make_drafter
 from slm.infer.template import chat_format
 from slm.model.load import Loaded
 from slm.serve.protocol import ChatRequest, CompletionRequest, ErrorBody, Limits, new_id, now, usage
@@ -74,7 +75,9 @@ def create_app(
     limits: Limits | None = None,
     max_batch: int = 32,
     max_waiting: int = 256,
+    drafter: Drafter | None = None,
 ) -> FastAPI:
+    """drafter: guesses for speculative decoding (infer/speculative.py; make_drafter)."""
     limits = limits or Limits()
     tok = loaded.tokenizer
     context = loaded.model.cfg.max_seq_len
@@ -87,7 +90,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder["worker"] = Worker(loaded, max_batch, max_waiting)
+        holder["worker"] = Worker(loaded, max_batch, max_waiting, drafter)
         yield
         holder.pop("worker").stop()  # in-flight requests end with an error event, nothing hangs
 
@@ -157,6 +160,8 @@ def create_app(
             ("active_sequences", "gauge", "sequences decoding now", w.active),
             ("waiting_sequences", "gauge", "sequences queued for a free row", w.waiting),
             ("generated_tokens_per_second", "gauge", "tokens generated per second, last 10 s", s.tokens_per_sec()),
+            ("draft_tokens_total", "counter", "speculative guesses checked", w.engine.drafted),
+            ("draft_tokens_accepted_total", "counter", "speculative guesses the model accepted", w.engine.accepted),
         ]
         text = "".join(
             f"# HELP slm_{k} {h}\n# TYPE slm_{k} {t}\nslm_{k} {float(v) if t == 'gauge' else int(v)}\n"
@@ -436,6 +441,8 @@ def serve(
     max_waiting: int = 256,
     say=print,
     quantize: str | None = None,
+    draft: str = "none",
+    draft_tokens: int = 5,
 ) -> None:
     """Load the model, then serve until interrupted (SIGINT or SIGTERM finish in-flight requests first)."""
     import uvicorn
@@ -444,6 +451,7 @@ def serve(
 
     loaded = load_model(source, quantize=quantize)
     name = name or str(source)
-    app = create_app(loaded, name, api_key, limits, max_batch, max_waiting)
+    drafter = make_drafter(draft, loaded.model, draft_tokens)
+    app = create_app(loaded, name, api_key, limits, max_batch, max_waiting, drafter)
     say(f"serving {name} on http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

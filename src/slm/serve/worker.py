@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.engine import Completion, Engine, Event
+from slm.infer.speculative import Drafter
 from slm.model.load import Loaded
 from slm.tokenizer import end_ids
 
@@ -54,9 +55,9 @@ class Stats:
 
 
 class Worker:
-    def __init__(self, loaded: Loaded, max_batch: int = 32, max_waiting: int = 256):
+    def __init__(self, loaded: Loaded, max_batch: int = 32, max_waiting: int = 256, drafter: Drafter | None = None):
         stops = end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)
-        self.engine = Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch)
+        self.engine = Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch, drafter=drafter)
         self.max_waiting = max_waiting
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sinks: dict[int, Sink] = {}
