@@ -49,8 +49,8 @@ def prompts() -> list[list[int]]:
     return out
 
 
-def run(model, tok, drafter, params=GREEDY, max_batch=3, ps=None):
-    with Engine(model, tok, max_batch=max_batch, drafter=drafter) as eng:
+def run(model, tok, drafter, params=GREEDY, max_batch=3, ps=None, spec_rows=8):
+    with Engine(model, tok, max_batch=max_batch, drafter=drafter, spec_rows=spec_rows) as eng:
         done = eng.run(ps or prompts(), params)
         return done, eng.drafted, eng.accepted
 
@@ -141,6 +141,24 @@ def test_sampled_text_with_guesses_is_the_seeds_text_without_them(model, tok):
     assert accepted > 0
     other = SamplingParams(max_tokens=30, temperature=0.8, top_p=0.9, seed=6)
     assert [c.tokens for c in run(model, tok, None, other)[0]] != plain
+
+
+def test_guessing_stops_while_many_rows_decode(model, tok):
+    """Past spec_rows rows the engine decodes plainly; guessing resumes as rows finish (same text)."""
+    plain = [c.tokens for c in run(model, tok, None)[0]]
+    ps = prompts()
+    params = [SamplingParams(max_tokens=8 + 6 * i, temperature=0) for i in range(len(ps))]
+    with Engine(model, tok, max_batch=6, drafter=NgramDrafter(V, 4), spec_rows=1) as eng:
+        ids = [eng.submit(p, q) for p, q in zip(ps, params, strict=True)]
+        guessed_with = []
+        while eng.has_work:
+            before, rows = eng.drafted, len(eng.rows)
+            eng.step()
+            if eng.drafted > before:
+                guessed_with.append(rows)
+        got = [eng.result(i).tokens for i in ids]
+    assert guessed_with and max(guessed_with) == 1
+    assert all(g == p[: len(g)] for g, p in zip(got, plain, strict=True))
 
 
 def test_draft_names_are_checked(model):

@@ -35,6 +35,10 @@ from slm.model.transformer import KVCache, Transformer
 ROUND = 64  # cache lengths grow in steps of this many positions
 PAD_SLACK = 1.25  # prompts share a prefill batch when the longest is at most this many times the shortest
 FULL_ROWS = 256  # positions from which a prefill batch runs at full speed (measured on a 2-core CPU)
+# Speculative decoding runs while at most this many rows decode; with more, the engine decodes plainly.
+# Measured on a 2-core CPU (benchmarks/serve.py, chat): guessing with 4 rows (3 guesses each) gave 0.87x
+# plain decoding's tokens/s, with 8 rows (1 guess each) 0.90x; with 1 row 1.2x.
+SPEC_ROWS = 2
 
 
 @dataclass
@@ -106,11 +110,12 @@ class Engine:
         prefill_tokens: int = 2048,
         pack: bool | None = None,
         drafter: Drafter | None = None,
+        spec_rows: int = SPEC_ROWS,
     ):
         """stop_ids: tokens that end a sequence (end-of-text). prefill_tokens: positions, padding included,
         one prompt batch may hold. pack: keep decoding copies of the weights (default: on CPU, see
         Transformer.pack); close() drops them. drafter: guesses for speculative decoding
-        (infer/speculative.py); the engine closes it."""
+        (infer/speculative.py), checked while at most spec_rows rows decode; the engine closes it."""
         if max_batch < 1:
             raise SlmError(f"max_batch must be at least 1 (got {max_batch})")
         self.model, self.tok = model.eval(), tokenizer
@@ -126,7 +131,7 @@ class Engine:
         self.finished: dict[int, _Seq] = {}
         self.next_id = 0
         self.steps = 0
-        self.drafter = drafter
+        self.drafter, self.spec_rows = drafter, spec_rows
         self.drafted = 0  # guesses checked, and those the model accepted (speculative decoding)
         self.accepted = 0
 
@@ -286,6 +291,10 @@ class Engine:
         """One step checking each row's guesses (False, doing nothing, when there are none): every row's
         pending token and guesses run together, right-padded to the longest guess."""
         assert self.drafter is not None
+        # Checking guesses multiplies the rows a forward computes: nearly free while decoding is bound by
+        # reading the weights (one or two rows), a loss once the arithmetic counts.
+        if len(self.rows) > self.spec_rows:
+            return False
         # A row may not guess past its context or its max_tokens (the model's own token comes after).
         room = [min(self.limit - 1 - s.length, s.params.max_tokens - len(s.tokens) - 1) for s in self.rows]
         guesses = self.drafter.propose(self.rows, room)
