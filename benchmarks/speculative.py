@@ -10,10 +10,12 @@ document   four held-out passages of Macbeth (400 tokens each), continued.
 chat       four questions in the model's chat template, answered.
 
 Contenders: plain decoding, n-gram drafts (prompt lookup, then token recycling), and with --draft a draft
-model (anything slm loads that shares the tokenizer). Rounds alternate the contenders prompt by prompt;
-tokens/s is generated tokens over wall-clock per kind, speed-ups are ratios of medians over rounds.
-Acceptance is accepted guesses over guesses checked. Every contender's greedy tokens are compared with
-plain decoding's (they must be identical).
+model (anything slm loads that shares the tokenizer, or first:N, the target's own first N layers with its
+final norm and head, untrained). --batch B decodes B prompts of a kind together with every row guessing
+(the engine guesses only while at most 2 rows decode; this measures why). Rounds alternate the contenders
+prompt by prompt (group by group); tokens/s is generated tokens over wall-clock per kind, speed-ups are
+ratios of medians over rounds. Acceptance is accepted guesses over guesses checked. Every contender's
+greedy tokens are compared with plain decoding's (they must be identical).
 
 Ends with one JSON line: spec_speedup_code, spec_speedup_document, spec_speedup_chat, the acceptance rates
 and tokens/s, and identical (true when every text matched).
@@ -59,16 +61,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--draft-tokens", type=int, default=5)
-    ap.add_argument("--draft", default=None, help="a draft model too (shares the tokenizer)")
+    ap.add_argument(
+        "--draft", default=None, help="a draft model too (shares the tokenizer); first:N = the target's first N layers"
+    )
+    ap.add_argument(
+        "--batch", type=int, default=1, help="decode the 4 prompts of a kind together, guessing in every row"
+    )
+    ap.add_argument("--only", default=None, choices=["code", "document", "chat"])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    result = measure(2 if args.quick else args.rounds, args.new, args.draft_tokens, args.draft)
+    result = measure(2 if args.quick else args.rounds, args.new, args.draft_tokens, args.draft, args.only, args.batch)
     print(json.dumps(result))
 
 
-def measure(rounds: int, new: int, draft_tokens: int = 5, draft: str | None = None, only: str | None = None) -> dict:
-    """Speed-ups per prompt kind (only: one kind), printed as a table; the summary dict back."""
+def measure(
+    rounds: int, new: int, draft_tokens: int = 5, draft: str | None = None, only: str | None = None, batch: int = 1
+) -> dict:
+    """Speed-ups per prompt kind (only: one kind), printed as a table; the summary dict back. batch > 1: the
+    prompts of a kind decode together, every row guessing (the engine's SPEC_ROWS lifted to batch)."""
     from generation import cpu_flags, cpu_name
 
     from slm.config import SamplingParams
@@ -89,6 +100,16 @@ def measure(rounds: int, new: int, draft_tokens: int = 5, draft: str | None = No
     def drafter(name: str):
         if name == "plain":
             return None
+        if name == "model" and str(draft).startswith("first:"):  # the target cut after its first N layers
+            import copy
+
+            from slm.infer.speculative import ModelDrafter
+
+            n = int(str(draft).split(":")[1])
+            cut = copy.deepcopy(m.model)
+            cut.layers = cut.layers[:n]
+            cut.cfg = cut.cfg.model_copy(update={"n_layer": n})
+            return ModelDrafter(cut, m.model.vocab_size, draft_tokens)
         return make_drafter("ngram" if name == "ngram" else str(draft), m.model, draft_tokens)
 
     # times[kind][contender] = per-round seconds; tokens per kind are the same for every contender
@@ -102,27 +123,36 @@ def measure(rounds: int, new: int, draft_tokens: int = 5, draft: str | None = No
         for kind, ps in kinds.items():
             spent = {c: 0.0 for c in contenders}
             count = 0
-            for i, p in enumerate(ps):
-                order = contenders if (r + i) % 2 == 0 else contenders[::-1]
+            groups = [ps[i : i + batch] for i in range(0, len(ps), batch)]
+            for gi, group in enumerate(groups):
+                order = contenders if (r + gi) % 2 == 0 else contenders[::-1]
                 for c in order:
-                    with Engine(m.model, m.tokenizer, stops, max_batch=1, drafter=drafter(c)) as eng:
+                    with Engine(
+                        m.model, m.tokenizer, stops, max_batch=batch, drafter=drafter(c), spec_rows=max(batch, 2)
+                    ) as eng:
                         t0 = time.perf_counter()
-                        out = eng.run([p], params)[0].tokens
+                        outs = [d.tokens for d in eng.run(group, params)]
                         spent[c] += time.perf_counter() - t0
                         drafted[kind][c] += eng.drafted
                         accepted[kind][c] += eng.accepted
-                    ref = reference.setdefault((kind, i), out)
-                    if out != ref:
-                        identical = False
-                        print(f"  DIFFERENT: {c} on {kind} prompt {i}")
-                count += len(reference[(kind, i)])
+                    for j, out in enumerate(outs):
+                        ref = reference.setdefault((kind, gi * batch + j), out)
+                        if out != ref:
+                            identical = False
+                            print(f"  DIFFERENT: {c} on {kind} prompt {gi * batch + j}")
+                count += sum(len(reference[(kind, gi * batch + j)]) for j in range(len(group)))
             tokens[kind] = count
             for c in contenders:
                 times[kind][c].append(spent[c])
             line = "  ".join(f"{c} {count / spent[c]:6.1f} tok/s" for c in contenders)
             print(f"round {r + 1} {kind:9s} {line}")
 
-    result: dict[str, object] = {"identical": identical, "draft_tokens": draft_tokens, "cpu": cpu_name()}
+    result: dict[str, object] = {
+        "identical": identical,
+        "draft_tokens": draft_tokens,
+        "batch": batch,
+        "cpu": cpu_name(),
+    }
     print(f"\n{'kind':9s} " + " ".join(f"{c + ' tok/s':>12s}" for c in contenders) + "   speed-up  acceptance")
     for kind in kinds:
         rate = {c: tokens[kind] / statistics.median(times[kind][c]) for c in contenders}

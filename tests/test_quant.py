@@ -46,5 +46,58 @@ def test_a_quantized_model_stays_close_and_decodes():
     assert all(len(d.tokens) == 5 for d in done)
     alone = Engine(m, tok).run([[4, 5]], SamplingParams(max_tokens=5, temperature=0))[0]
     assert alone.tokens == done[1].tokens
-    with pytest.raises(SlmError, match="not supported; supported: int8"):
+    with pytest.raises(SlmError, match="not supported; supported: int8, w8a8"):
         quantize(m, "int4")
+
+
+def test_smoothing_leaves_the_float_model_unchanged():
+    """SmoothQuant's migration is exact in float: the norm divides what the projections multiply."""
+    from slm.model.quant import smooth
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=64), 300).eval()
+    with torch.no_grad():
+        for b in m.layers:  # outlier channels, as trained transformers have
+            b.attn_norm.weight[:3] = 20.0
+            b.mlp_norm.weight[5] = 30.0
+        x = torch.randint(0, 300, (2, 20))
+        before, _ = m(x)
+        q_before = m.layers[0].attn.q_proj.weight.clone()
+        smooth(m, [torch.randint(0, 300, (40,)).tolist()])
+        after, _ = m(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(m.layers[0].attn.q_proj.weight, q_before)
+    assert m.layers[0].attn_norm.weight[:3].max() < 20.0  # the outliers moved into the weights
+
+
+def test_w8a8_rounds_activations_per_token_and_beats_plain_rounding_on_outliers():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=64)
+    m = Transformer(cfg, 300).eval()
+    with torch.no_grad():
+        for b in m.layers:
+            b.attn_norm.weight[:2] = 40.0
+            b.mlp_norm.weight[7] = 40.0
+    x = torch.randint(0, 300, (2, 24))
+    calib = [torch.randint(0, 300, (48,)).tolist() for _ in range(2)]
+    with torch.no_grad():
+        want, _ = m(x)
+        errs = {}
+        for smooth_it in (False, True):
+            q = Transformer(cfg, 300).eval()
+            q.load_state_dict(m.state_dict())
+            if smooth_it:
+                assert quantize(q, "w8a8", calib) == 2 * 7 + 1
+            else:  # the same rounding without smoothing: every projection w8a8 as it stands
+                for name, lin in q.named_modules():
+                    if isinstance(lin, Linear) and name != "lm_head":
+                        w, s = int8_weights(lin.weight)
+                        lin.w8a8 = (w.t(), s)
+                q.lm_head.int8 = int8_weights(q.lm_head.weight)
+            assert q.layers[0].attn.q_proj.w8a8 is not None and q.lm_head.int8 is not None
+            got, _ = q(x)
+            errs[smooth_it] = (got - want).abs().mean().item()
+    assert errs[True] < errs[False]  # smoothing is what makes int8 activations affordable
+    assert errs[True] < 0.1 * want.abs().mean().item()
+    with pytest.raises(SlmError, match="calibration"):
+        quantize(Transformer(cfg, 300).eval(), "w8a8")

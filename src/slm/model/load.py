@@ -90,17 +90,21 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
+    calibration: str | Path | None = None,
 ) -> Loaded:
     """Any supported source as an eval-mode slm Transformer (float32 unless `dtype` says otherwise); with
-    quantize='int8', its projections run int8 weight-only (model/quant.py)."""
+    quantize='int8', its projections run int8 weight-only, with 'w8a8' int8 weights and activations,
+    smoothed on `calibration` (a text file; default: a little of the built-in corpus) (model/quant.py)."""
     src = read_source(source)
     model = Transformer(src.model_cfg, src.vocab_size)
     load_state(model, src.state, src.origin)
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
     if quantize:
+        from slm.model.quant import calibration_text, calibration_windows
         from slm.model.quant import quantize as quantize_model
 
-        quantize_model(model, quantize)
+        windows = calibration_windows(src.tokenizer, calibration_text(calibration)) if quantize == "w8a8" else None
+        quantize_model(model, quantize, windows)
     return Loaded(model, src.tokenizer, src.config, src.chat_template, src.run, src.checkpoint, src.meta, src.origin)
 
 

@@ -83,8 +83,17 @@ class Linear(nn.Linear):
 
     packed: torch.Tensor | None = None
     int8: tuple[torch.Tensor, torch.Tensor] | None = None
+    w8a8: tuple[torch.Tensor, torch.Tensor] | None = None  # (int8 weight (in, out), scale per output channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w8a8 is not None:
+            # Activations rounded to int8 with one scale per token (row), the product in int32 (model/quant.py).
+            qw, w_scale = self.w8a8
+            flat = x.reshape(-1, x.size(-1)).float()
+            a_scale = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+            qx = torch.round(flat / a_scale).to(torch.int8)
+            y = torch._int_mm(qx, qw).float() * a_scale * w_scale
+            return y.to(x.dtype).reshape(*x.shape[:-1], qw.size(1))
         if self.int8 is not None:
             q, scale = self.int8
             flat = x.reshape(-1, x.size(-1)).contiguous()
@@ -262,7 +271,7 @@ class Transformer(nn.Module):
         if not can_pack(p.device, p.dtype):
             return False
         for m in self.modules():
-            if isinstance(m, Linear) and m.int8 is None:  # int8 weights have their own kernel
+            if isinstance(m, Linear) and m.int8 is None and m.w8a8 is None:  # int8 has its own kernels
                 m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), PACK_ROWS)
         return True
 
