@@ -184,6 +184,16 @@ CASES = [
     ("gen-prompts-field", "generate {w}/run --prompts {w}/prompts_noprompt.jsonl", 'a "prompt" string'),
     ("gen-too-long", "generate {w}/run -p @long", "the model's context holds 32"),
     ("gen-damaged", "generate {w}/damaged -p hi", "is damaged"),
+    ("gen-draft-missing", "generate {w}/run -p hi --draft {w}/no_draft", "not found"),
+    ("gen-draft-not-model", "generate {w}/run -p hi --draft {w}/notes.txt", "is not a model slm can load"),
+    ("gen-draft-tokens", "generate {w}/run -p hi --draft ngram --draft-tokens 0", "draft-tokens"),
+    # data tasks
+    ("tasks-unknown", "data tasks algebra --out {w}/tasks_out", "unknown task"),
+    ("tasks-level", "data tasks arithmetic --out {w}/tasks_out --level 0", "--level 0"),
+    ("tasks-style", "data tasks arithmetic --out {w}/tasks_out --style essay", "--style"),
+    ("tasks-ops", "data tasks arithmetic --out {w}/tasks_out --ops /", "--ops"),
+    ("tasks-exists", "data tasks arithmetic --out {w}/run", "exists; pass --force"),
+    ("tasks-too-many", "data tasks arithmetic --out {w}/tasks_out --level 1 --train 9000", "distinct training"),
     # eval
     ("eval-nothing", "eval {w}/run", "nothing to evaluate"),
     ("eval-unknown-task", "eval {w}/run --tasks no_such_task", "task 'no_such_task' not found"),
@@ -196,6 +206,12 @@ CASES = [
     ("eval-task-badline", "eval {w}/run --tasks {w}/task_badline.yaml", "items.jsonl:2: not valid JSON"),
     ("eval-task-regex", "eval {w}/run --tasks {w}/task_regex.yaml", "answer_regex"),
     ("eval-fewshot", "eval {w}/run --tasks mmlu_subset --num-fewshot -1", "must be 0 or more"),
+    (
+        "eval-calibration-missing",
+        "eval {w}/run --text {w}/heldout.txt --quantize w8a8 --calibration {w}/no.txt",
+        "calibration file",
+    ),
+    ("eval-quantize-kind", "eval {w}/run --text {w}/heldout.txt --quantize int4", "is not one of"),
     ("eval-hf-bad-config", "eval {w}/hf_bad --text {w}/heldout.txt --out {w}/e.json", "is damaged"),
     # export / import / report
     ("export-format", "export {w}/run --format onnx -o {w}/x", "is not one of"),
@@ -328,6 +344,7 @@ def test_the_suite_covers_every_command_and_enough_cases():
         "data run",
         "data builtin",
         "data cloze",
+        "data tasks",
         "select",
         "mix run",
         "mix validate",

@@ -36,6 +36,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 SET_HELP = "Override a recipe field, e.g. --set train.lr=3e-3 (repeatable)."
+QUANTIZE_HELP = (
+    "CPU int8: int8 (weight-only, a scale per output channel) or w8a8 (int8 weights and activations, "
+    "smoothed on calibration text)."
+)
+CALIBRATION_HELP = "w8a8: text like what the model will see (default: a little of every built-in domain)."
 DRAFT_HELP = (
     "Speculative decoding: none, ngram (prompt lookup and token recycling, no model), or a draft model with the "
     "same tokenizer (run, checkpoint, transformers folder, .gguf, package:NAME). Greedy text is unchanged."
@@ -119,6 +124,41 @@ def data_builtin(
         )
     console.print(table)
     _say(f"sources and licences: {out / 'manifest.json'}")
+
+
+@data_app.command("tasks")
+def data_tasks(
+    task: str = typer.Argument(..., help="arithmetic or countdown."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, test sets and their task files."),
+    train: int = typer.Option(5000, help="Training problems."),
+    test: int = typer.Option(500, help="Test problems per test set (training difficulty, and one step harder)."),
+    level: int = typer.Option(3, help="Difficulty: digits per operand (arithmetic), how many numbers (countdown)."),
+    style: str = typer.Option(
+        "rationale", help="The reply to learn: answer, rationale (steps, then the answer), multitask."
+    ),
+    ops: str = typer.Option("+-", help="Arithmetic operations, some of + - *."),
+    carries: bool | None = typer.Option(
+        None,
+        "--carries/--no-carries",
+        help="Arithmetic: every sum carries (difference borrows), or none (default: either).",
+    ),
+    seed: int = typer.Option(0, help="Problems are a function of the seed."),
+    force: bool = typer.Option(False, help="Replace --out if it exists."),
+) -> None:
+    """Verifiable problems written by a program, with step-by-step solutions and checkers: training
+    conversations for `slm sft` and held-out test sets (task files for `slm eval`), disjoint by a hash.
+
+    [bold]Examples:[/]
+      slm data tasks arithmetic --out tasks/add3 --level 3 --ops + --style rationale
+      slm data tasks countdown --out tasks/cd4 --level 4 --train 2000 --test 200
+    """
+    from slm.reason.tasks import make_tasks
+
+    s = make_tasks(task, out, train, test, level, style, seed, ops, carries, force)
+    _say(
+        f"{s['train_conversations']} training conversations, {s['test']} test problems (level {level}) and "
+        f"{s['test_harder']} harder (level {level + 1}) → {out}; evaluate with slm eval MODEL --tasks {out}/test.yaml"
+    )
 
 
 @data_app.command("cloze")
@@ -571,6 +611,7 @@ def chat_cmd(
     temperature: float = typer.Option(0.7, help="0 is greedy (also /temp X)."),
     top_p: float | None = typer.Option(0.95, help="Nucleus sampling mass."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    draft: str = typer.Option("none", help=DRAFT_HELP),
 ) -> None:
     """Talk to a chat model in the terminal: replies stream, the conversation is kept and rendered with the
     model's chat template. Commands: /reset, /system TEXT, /temp X, /quit (or Ctrl-D).
@@ -582,7 +623,10 @@ def chat_cmd(
     from slm.model.load import load_model
 
     params = sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    conv = Conversation(load_model(model), params, system)
+    from slm.infer.speculative import make_drafter
+
+    loaded = load_model(model)
+    conv = Conversation(loaded, params, system, drafter=make_drafter(draft, loaded.model, 5))
     console.print(f"chatting with {model}. {HELP}", markup=False, highlight=False)
 
     def emit(t: str) -> None:
@@ -619,7 +663,8 @@ def serve_cmd(
     max_tokens: int = typer.Option(2048, min=1, help="The most new tokens one choice may ask for."),
     max_n: int = typer.Option(16, min=1, help="The most choices (n) one request may ask for."),
     max_request_bytes: int = typer.Option(1_000_000, min=1, help="Larger request bodies get 413."),
-    quantize: Literal["int8"] | None = typer.Option(None, help="int8: weight-only int8 projections (CPU)."),
+    quantize: Literal["int8", "w8a8"] | None = typer.Option(None, help=QUANTIZE_HELP),
+    calibration: Path | None = typer.Option(None, help=CALIBRATION_HELP),
     draft: str = typer.Option("none", help=DRAFT_HELP),
     draft_tokens: int = typer.Option(5, min=1, max=16, help="Speculative decoding: guesses checked per step."),
 ) -> None:
@@ -635,7 +680,9 @@ def serve_cmd(
     from slm.serve.protocol import Limits
 
     limits = Limits(max_tokens=max_tokens, max_n=max_n, max_request_bytes=max_request_bytes)
-    serve(model, host, port, name, api_key, limits, max_batch, max_queue, _say, quantize, draft, draft_tokens)
+    serve(
+        model, host, port, name, api_key, limits, max_batch, max_queue, _say, quantize, draft, draft_tokens, calibration
+    )
 
 
 @app.command("eval")
@@ -652,9 +699,8 @@ def eval_cmd(
     num_fewshot: int | None = typer.Option(
         None, "--num-fewshot", help="Solved examples before each question (default: each task file's num_fewshot)."
     ),
-    quantize: Literal["int8"] | None = typer.Option(
-        None, help="int8: weight-only int8 projections (per-channel scales), to measure what quantising costs."
-    ),
+    quantize: Literal["int8", "w8a8"] | None = typer.Option(None, help=QUANTIZE_HELP + " To measure what it costs."),
+    calibration: Path | None = typer.Option(None, help=CALIBRATION_HELP),
 ) -> None:
     """Evaluate a model: multiple-choice and generative tasks, bits-per-byte on text.
 
@@ -667,7 +713,19 @@ def eval_cmd(
     from slm.eval.evaluate import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    evaluate(str(model), names, [str(t) for t in text], limit, out, console, window, dtype, num_fewshot, quantize)
+    evaluate(
+        str(model),
+        names,
+        [str(t) for t in text],
+        limit,
+        out,
+        console,
+        window,
+        dtype,
+        num_fewshot,
+        quantize,
+        calibration,
+    )
 
 
 @app.command("export")

@@ -15,6 +15,7 @@ from rich.table import Table
 from slm.errors import SlmError
 from slm.eval.harness import score_generate, score_multiple_choice
 from slm.eval.tasks import load_task
+from slm.infer.template import chat_format
 from slm.model.load import load_model
 from slm.model.score import text_bpb
 from slm.progress import progress
@@ -33,8 +34,11 @@ def evaluate(
     dtype: str = "float32",
     num_fewshot: int | None = None,
     quantize: str | None = None,
+    calibration: str | Path | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
+    if calibration is not None and not Path(calibration).is_file():
+        raise SlmError(f"calibration file {calibration} not found; give a text file like what the model will see")
     if not tasks and not texts:
         raise SlmError("nothing to evaluate: pass --tasks NAME[,NAME] and/or --text FILE")
     loaded_tasks = [load_task(t, limit, num_fewshot) for t in tasks]  # parse every task file before the model loads
@@ -60,10 +64,13 @@ def evaluate(
         "window": window,
         "dtype": dtype,
         "quantize": quantize,
+        "calibration": str(calibration) if calibration is not None else None,
     }
     # Weights cast once for bfloat16 (autocast would re-cast them at every matmul); norms and
     # log-probabilities are still computed in fp32.
-    loaded = load_model(source, dtype=torch.bfloat16 if dtype == "bfloat16" else None, quantize=quantize)
+    loaded = load_model(
+        source, dtype=torch.bfloat16 if dtype == "bfloat16" else None, quantize=quantize, calibration=calibration
+    )
     model, tok = loaded.model, loaded.tokenizer
     for task in loaded_tasks:
         t0 = time.perf_counter()
@@ -76,7 +83,11 @@ def evaluate(
             if task.spec.type == "multiple_choice":
                 r = score_multiple_choice(model, tok, task, tick)
             else:
-                r = score_generate(model, tok, task, end_ids(tok, loaded.config.tokenizer.eos_token), tick)
+                fmt = None
+                if task.spec.chat:  # refused for a base model, with the reason
+                    fmt = chat_format(tok, loaded.chat_template, None, loaded.config.tokenizer.eos_token)
+                stops = end_ids(tok, loaded.config.tokenizer.eos_token)
+                r = score_generate(model, tok, task, stops, tick, chat=fmt)
         r["num_fewshot"] = task.spec.num_fewshot
         r["items_per_sec"] = len(task.items) / (time.perf_counter() - t0)
         results["tasks"][task.spec.name] = r

@@ -21,6 +21,7 @@ from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.eval.tasks import Item, Task
 from slm.infer.engine import Engine
+from slm.infer.template import ChatFormat
 from slm.model.transformer import KVCache, Transformer
 
 MIN_SAVED = 256  # token positions a shared prefix must save before it earns a forward pass of its own
@@ -272,17 +273,30 @@ def score_generate(
     stop_ids: set[int],
     on_item: Callable[[], None] | None = None,
     max_batch: int = 16,
+    chat: ChatFormat | None = None,
 ) -> dict[str, float]:
-    """Greedy generation for every item, batched on the engine, then exact match after answer_regex."""
+    """Greedy generation for every item, batched on the engine, then exact match after answer_regex, or
+    the task's checker. chat: how a task with `chat: true` renders its prompt as a user message."""
     params = SamplingParams(max_tokens=task.spec.max_new_tokens, temperature=0.0, stop=task.spec.stop)
+    check = None
+    if task.spec.checker is not None:
+        from slm.reason.checkers import CHECKERS
+
+        check = CHECKERS[task.spec.checker]
     correct = 0
     with Engine(model, tok, stop_ids, max_batch=max_batch) as engine:
-        ids = [engine.submit(item.prompt, params, truncate=True) for item in task.items]
+        prompts = [
+            chat.prompt_ids([{"role": "user", "content": item.prompt}]) if chat else item.prompt for item in task.items
+        ]
+        ids = [engine.submit(p, params, truncate=True) for p in prompts]
         for event in engine.stream():
             if event.finish_reason is not None and on_item:
                 on_item()
         for i, item in zip(ids, task.items, strict=True):
             out = engine.result(i).text
-            correct += extract_answer(out, task.spec.answer_regex) == str(item.answer).strip()
+            if check is not None:
+                correct += check({**(item.row or {}), "answer": item.answer}, out)
+            else:
+                correct += extract_answer(out, task.spec.answer_regex) == str(item.answer).strip()
     n = len(task.items)
     return {"exact_match": correct / n, "exact_match_stderr": stderr(correct / n, n), "n": n}

@@ -10,6 +10,8 @@ choice_prefix: " "               # ... each scored as prefix + choice after the 
 answer: answer                   # a field holding the index of the right choice (or its text)
 # generate tasks instead: answer is the expected text; answer_regex extracts it from the output
 answer_regex: "(-?[0-9]+)"
+checker: arithmetic              # or: a checker of slm.reason.checkers judges the reply (many right answers)
+chat: false                      # true: the prompt is a user message in the model's chat template
 stop: ["\\n"]
 max_new_tokens: 32
 # few-shot: each item's prompt starts with num_fewshot solved examples (prompt + choice_prefix + answer)
@@ -48,6 +50,8 @@ class TaskSpec(BaseModel):
     choice_prefix: str = " "
     answer: str = "answer"
     answer_regex: str | None = None
+    checker: str | None = None
+    chat: bool = False
     stop: list[str] = Field(default_factory=lambda: ["\n"])
     max_new_tokens: int = Field(32, ge=1)
     description: str = ""
@@ -64,6 +68,7 @@ class Item:
     prompt: str
     choices: list[str]
     answer: int | str  # index for multiple choice, text for generate
+    row: dict[str, Any] | None = None  # the item's record, for a checker
 
 
 @dataclass
@@ -106,6 +111,11 @@ def load_task(name_or_path: str, limit: int | None = None, num_fewshot: int | No
             raise SlmError(
                 f"{path}: answer_regex {spec.answer_regex!r} is not a valid regular expression ({e})"
             ) from None
+    if spec.checker is not None:
+        from slm.reason.checkers import CHECKERS
+
+        if spec.checker not in CHECKERS:
+            raise SlmError(f"{path}: checker {spec.checker!r} is not one of: {', '.join(CHECKERS)}")
     if num_fewshot is not None:
         if num_fewshot < 0:
             raise SlmError(f"--num-fewshot {num_fewshot}: must be 0 or more")
@@ -130,7 +140,7 @@ def load_task(name_or_path: str, limit: int | None = None, num_fewshot: int | No
         if spec.num_fewshot:
             shots = _examples(spec, pool, row, where)
             head += "".join(_solved(spec, shot) + spec.fewshot_delimiter for shot in shots)
-        items.append(Item(head + item.prompt, item.choices, item.answer))
+        items.append(Item(head + item.prompt, item.choices, item.answer, row))
     return Task(spec, items, path)
 
 

@@ -12,20 +12,31 @@ from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.engine import Engine
 from slm.infer.sampling import sampling_params
+from slm.infer.speculative import Drafter
 from slm.infer.template import Message, chat_format
 from slm.model.load import Loaded
 from slm.tokenizer import end_ids
 
 
 class Conversation:
-    def __init__(self, loaded: Loaded, params: SamplingParams, system: str | None = None, template: str | None = None):
+    def __init__(
+        self,
+        loaded: Loaded,
+        params: SamplingParams,
+        system: str | None = None,
+        template: str | None = None,
+        drafter: Drafter | None = None,
+    ):
         self.loaded = loaded
         self.format = chat_format(loaded.tokenizer, loaded.chat_template, template, loaded.config.tokenizer.eos_token)
         self.params = params
         self.system = system
         self.messages: list[Message] = []
         self.engine = Engine(
-            loaded.model, loaded.tokenizer, end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)
+            loaded.model,
+            loaded.tokenizer,
+            end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token),
+            drafter=drafter,
         )
 
     def reset(self) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -443,13 +444,14 @@ def serve(
     quantize: str | None = None,
     draft: str = "none",
     draft_tokens: int = 5,
+    calibration: str | Path | None = None,
 ) -> None:
     """Load the model, then serve until interrupted (SIGINT or SIGTERM finish in-flight requests first)."""
     import uvicorn
 
     from slm.model.load import load_model
 
-    loaded = load_model(source, quantize=quantize)
+    loaded = load_model(source, quantize=quantize, calibration=calibration)
     name = name or str(source)
     drafter = make_drafter(draft, loaded.model, draft_tokens)
     app = create_app(loaded, name, api_key, limits, max_batch, max_waiting, drafter)
