@@ -36,6 +36,7 @@ SKIP = {
     "slm-lm-eval": "lm-eval's tasks download their data from the Hub; tests/test_lm_eval_backend.py runs a local task",
     "my-data.toml": "the reader's own recipe (the TOML below it names the reader's files)",
     "slm serve": "a server runs until stopped: started in the background for the Python example that talks to it",
+    "runs/my-chat-model": "the reader's own chat model; tests/test_reason_tasks.py evaluates such task files",
 }
 # Blocks that continue the folder of an earlier block (first command of each), as a reader would.
 AFTER = {

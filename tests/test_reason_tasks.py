@@ -13,13 +13,13 @@ import yaml
 from rich.console import Console
 
 from slm.config import load_config
+from slm.data import checkers
+from slm.data.checkers import check_arithmetic, check_countdown, evaluate_expression, final_answer
+from slm.data.problem_sets import is_test, make_tasks
+from slm.data.problems import arithmetic, countdown, solve_countdown
 from slm.errors import SlmError
 from slm.eval.evaluate import evaluate
 from slm.eval.tasks import load_task
-from slm.reason import checkers
-from slm.reason.checkers import check_arithmetic, check_countdown, evaluate_expression, final_answer
-from slm.reason.problems import arithmetic, countdown, solve_countdown
-from slm.reason.tasks import is_test, make_tasks
 from slm.run import Run
 from slm.train.loop import train
 

@@ -152,7 +152,7 @@ def data_tasks(
       slm data tasks arithmetic --out tasks/add3 --level 3 --ops + --style rationale
       slm data tasks countdown --out tasks/cd4 --level 4 --train 2000 --test 200
     """
-    from slm.reason.tasks import make_tasks
+    from slm.data.problem_sets import make_tasks
 
     s = make_tasks(task, out, train, test, level, style, seed, ops, carries, force)
     _say(

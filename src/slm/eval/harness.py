@@ -280,7 +280,7 @@ def score_generate(
     params = SamplingParams(max_tokens=task.spec.max_new_tokens, temperature=0.0, stop=task.spec.stop)
     check = None
     if task.spec.checker is not None:
-        from slm.reason.checkers import CHECKERS
+        from slm.data.checkers import CHECKERS
 
         check = CHECKERS[task.spec.checker]
     correct = 0

@@ -10,7 +10,7 @@ choice_prefix: " "               # ... each scored as prefix + choice after the 
 answer: answer                   # a field holding the index of the right choice (or its text)
 # generate tasks instead: answer is the expected text; answer_regex extracts it from the output
 answer_regex: "(-?[0-9]+)"
-checker: arithmetic              # or: a checker of slm.reason.checkers judges the reply (many right answers)
+checker: arithmetic              # or: a checker of slm.data.checkers judges the reply (many right answers)
 chat: false                      # true: the prompt is a user message in the model's chat template
 stop: ["\\n"]
 max_new_tokens: 32
@@ -112,7 +112,7 @@ def load_task(name_or_path: str, limit: int | None = None, num_fewshot: int | No
                 f"{path}: answer_regex {spec.answer_regex!r} is not a valid regular expression ({e})"
             ) from None
     if spec.checker is not None:
-        from slm.reason.checkers import CHECKERS
+        from slm.data.checkers import CHECKERS
 
         if spec.checker not in CHECKERS:
             raise SlmError(f"{path}: checker {spec.checker!r} is not one of: {', '.join(CHECKERS)}")

@@ -67,7 +67,9 @@ class Completion:
 
 
 @dataclass
-class _Seq:
+class SeqState:
+    """One sequence in the engine: its prompt, parameters, what it generated, and where its row stands."""
+
     id: int
     prompt: list[int]
     params: SamplingParams
@@ -126,9 +128,9 @@ class Engine:
         self.limit = model.cfg.max_seq_len
         self.packed = model.pack() if pack is not False else False
         self.cache: KVCache | None = None
-        self.rows: list[_Seq] = []
-        self.waiting: deque[_Seq] = deque()
-        self.finished: dict[int, _Seq] = {}
+        self.rows: list[SeqState] = []
+        self.waiting: deque[SeqState] = deque()
+        self.finished: dict[int, SeqState] = {}
         self.next_id = 0
         self.steps = 0
         self.drafter, self.spec_rows = drafter, spec_rows
@@ -175,7 +177,7 @@ class Engine:
                 gen.manual_seed(params.seed)
             else:
                 gen.seed()
-        seq = _Seq(self.next_id, ids, params, IncrementalText(self.tok, ids, params.stop), gen, time.perf_counter())
+        seq = SeqState(self.next_id, ids, params, IncrementalText(self.tok, ids, params.stop), gen, time.perf_counter())
         self.next_id += 1
         self.waiting.append(seq)
         return seq.id
@@ -227,7 +229,7 @@ class Engine:
         self.steps += 1
         return events
 
-    def _context(self, s: _Seq) -> list[int]:
+    def _context(self, s: SeqState) -> list[int]:
         """What a row at the context limit continues from: the last half-window of prompt and generation."""
         return (s.prompt + s.tokens)[-(self.limit // 2) :]
 
@@ -237,7 +239,7 @@ class Engine:
         # Shortest first: prompts of similar length share a prefill batch with little padding, and rows end
         # up ordered by length, which keeps decoding's attention reads short (see Transformer.hidden).
         take.sort(key=lambda s: len(s.prompt))
-        group: list[_Seq] = []
+        group: list[SeqState] = []
         for s in take:
             n = len(s.prompt)
             padded = (len(group) + 1) * n
@@ -252,7 +254,7 @@ class Engine:
         if group:
             self._prefill(len(self.rows), group, [g.prompt for g in group], events)
 
-    def _prefill(self, row: int, seqs: list[_Seq], contexts: list[list[int]], events: list[Event]) -> None:
+    def _prefill(self, row: int, seqs: list[SeqState], contexts: list[list[int]], events: list[Event]) -> None:
         """Run contexts into rows row.. (new rows when row == len(self.rows)) and choose each next token.
         Right padding is harmless: causal attention keeps it out of every real position, and decoding
         overwrites it (each row's keys beyond its length are never read)."""
@@ -327,14 +329,14 @@ class Engine:
             self._append(s, kept, logits[i, : len(kept)], events, now)
         return True
 
-    def _choose(self, seqs: list[_Seq], logits: torch.Tensor, events: list[Event], where: str) -> None:
+    def _choose(self, seqs: list[SeqState], logits: torch.Tensor, events: list[Event], where: str) -> None:
         check_finite(logits, where)
         picks = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         now = time.perf_counter()
         for i, (s, t) in enumerate(zip(seqs, picks, strict=True)):
             self._append(s, [t], logits[i : i + 1], events, now)
 
-    def _append(self, s: _Seq, tokens: list[int], logits: torch.Tensor, events: list[Event], now: float) -> None:
+    def _append(self, s: SeqState, tokens: list[int], logits: torch.Tensor, events: list[Event], now: float) -> None:
         """Add chosen tokens to a sequence (logits: the (len(tokens), V) rows they were chosen from), up to
         the first that ends it; one event for all of them."""
         lps: list[float] | None = None

@@ -36,13 +36,13 @@ from slm.model.load import load_model
 from slm.model.transformer import KVCache, Transformer
 
 if TYPE_CHECKING:
-    from slm.infer.engine import _Seq
+    from slm.infer.engine import SeqState
 
 
 class Drafter(Protocol):
     """What the engine asks of a source of guesses. Rows are the engine's rows, in its order."""
 
-    def propose(self, seqs: list[_Seq], room: list[int]) -> list[list[int]]:
+    def propose(self, seqs: list[SeqState], room: list[int]) -> list[list[int]]:
         """Guesses of each row's next tokens after its pending one, at most room[i] of them."""
         ...
 
@@ -102,7 +102,7 @@ class NgramDrafter:
         self.index: dict[int, NgramIndex] = {}
         self.next = torch.full((vocab, RECYCLE_WIDTH), -1, dtype=torch.long)
 
-    def propose(self, seqs: list[_Seq], room: list[int]) -> list[list[int]]:
+    def propose(self, seqs: list[SeqState], room: list[int]) -> list[list[int]]:
         out = []
         for s, r in zip(seqs, room, strict=True):
             k = min(self.tokens, r)
@@ -179,7 +179,7 @@ class ModelDrafter:
                 dst[:have, :, :used] = src[:, :, :used]
         self.cache = cache
 
-    def propose(self, seqs: list[_Seq], room: list[int]) -> list[list[int]]:
+    def propose(self, seqs: list[SeqState], room: list[int]) -> list[list[int]]:
         n = len(seqs)
         while len(self.length) < n:
             self.length.append(0)

@@ -12,8 +12,8 @@ them into the weights before rounding: input channel j of the projections after 
 s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (folded into the norm's weight) and their weight columns
 multiplied by it, which leaves the float model's output unchanged. max|x_j| comes from calibration text,
 so what that text is matters (benchmarks/quantize.py measures in-domain against out-of-domain). The
-output head (its weight is the tied embedding) and the projections after attention and after the MLP's
-gate (no norm to fold into) are rounded without smoothing; the output head stays weight-only.
+projections after attention and after the MLP's gate (no norm to fold into) are rounded without smoothing;
+the output head (its weight is the tied embedding) stays in float.
 
 The float weights stay in the model (tied embeddings share theirs with the output head, and export may
 follow), so memory is not reduced; what each product reads is.
@@ -42,8 +42,8 @@ def int8_weights(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize(model: Transformer, how: str = "int8", calibration: list[list[int]] | None = None) -> int:
-    """Quantise every projection of an inference model in place (the output head too); returns how many.
-    w8a8 needs calibration: token windows like the text the model will see."""
+    """Quantise the projections of an inference model in place; returns how many. int8 takes the output head
+    too; w8a8 leaves it in float and needs calibration: token windows like the text the model will see."""
     if how not in QUANTIZE:
         raise SlmError(f"quantisation {how!r} is not supported; supported: {', '.join(QUANTIZE)}")
     if next(model.parameters()).device.type != "cpu" or not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
@@ -56,13 +56,16 @@ def quantize(model: Transformer, how: str = "int8", calibration: list[list[int]]
         smooth(model, calibration)
     n = 0
     for name, m in model.named_modules():
-        if isinstance(m, Linear):
-            if how == "w8a8" and name != "lm_head":
-                q, scale = int8_weights(m.weight)
-                m.w8a8 = (q.t(), scale)  # (in, out): the layout _int_mm takes
-            else:
-                m.int8 = int8_weights(m.weight)
-            n += 1
+        if not isinstance(m, Linear):
+            continue
+        if how == "int8":
+            m.int8 = int8_weights(m.weight)
+        elif name != "lm_head":  # w8a8 keeps the output head in float, as SmoothQuant does
+            q, scale = int8_weights(m.weight)
+            m.w8a8 = (q.t(), scale)  # (in, out): the layout _int_mm takes
+        else:
+            continue
+        n += 1
     return n
 
 

@@ -168,7 +168,7 @@ def countdown(rng: random.Random, level: int) -> Problem:
         if not steps:
             continue
         expr = _expression(steps)
-        from slm.reason.checkers import check_countdown  # the written answer must pass its own checker
+        from slm.data.checkers import check_countdown  # the written answer must pass its own checker
 
         if check_countdown({"numbers": numbers, "target": target}, f"Answer: {expr}"):
             break

@@ -1,5 +1,5 @@
 """Checkers: is a model's reply a right answer to a problem? Each takes the problem's record (its `meta`
-fields) and the reply's text, and reads the final answer where the formats in reason/format.py put it: the
+fields) and the reply's text, and reads the final answer where the formats in data/problem_sets.py put it: the
 text after the last "Answer:", else the reply's last line.
 
 Countdown has many right answers, so its checker evaluates the expression (numbers and + - * / and

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
+from slm.data.problems import TASKS, Problem, generate
 from slm.errors import SlmError
-from slm.reason.problems import TASKS, Problem, generate
 from slm.run import atomic_write_text, refuse_existing
 
 STYLES = ("answer", "rationale", "multitask")
