@@ -44,7 +44,7 @@ def rss_mib(pid: int) -> float:
 
 
 def malformed(rng: random.Random) -> tuple[str, bytes | dict]:
-    long_prompt = "word " * 5000
+    long_prompt = "word " * 12000  # beyond an 8192-token context: refused before any work
     cases: list[tuple[str, bytes | dict]] = [
         ("/v1/completions", b'{"model": "smol", "prompt": '),
         ("/v1/completions", b"not json at all"),
