@@ -43,8 +43,13 @@ def test_llama_cpp_greedy_matches_slm(tiny_cfg, tmp_path: Path, qtype: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("qtype", ["q4_0", "q4_1"])
 def test_llama_cpp_runs_the_4_bit_export(tmp_path: Path, qtype: str):
-    """SmolLM2 exported at 4 bits: llama.cpp loads it and decodes what slm decodes from the same file."""
+    """SmolLM2 exported at 4 bits: llama.cpp loads it and predicts what slm predicts from the same file.
+
+    Compared as logits, not greedy tokens: llama.cpp rounds activations to 8 bits for 4-bit products, and
+    q4_0 (no offset) leaves SmolLM2 a near three-way tie on this prompt (within 0.03 in llama.cpp)."""
     import llama_cpp
+    import numpy as np
+    import torch
 
     from slm.model.imports import import_model
     from slm.model.load import packaged_gguf
@@ -52,13 +57,13 @@ def test_llama_cpp_runs_the_4_bit_export(tmp_path: Path, qtype: str):
     import_model(packaged_gguf(), tmp_path / "smol")
     path = export_gguf(tmp_path / "smol", tmp_path / f"smol_{qtype}.gguf", qtype)
     loaded = load_model(path)  # slm reads its own 4-bit file back (dequantised)
-    prompt = loaded.tokenizer.encode("The capital of France is").ids
-    ours = greedy_ids(loaded.model, loaded.tokenizer, prompt, 8)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
-    theirs = []
-    for t in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):
-        theirs.append(t)
-        if len(theirs) == 8:
-            break
-    # llama.cpp rounds activations to 8 bits for 4-bit products, which may flip a near-tie late on
-    assert theirs[:3] == ours[:3]
+    ids = loaded.tokenizer.encode("The capital of France is").ids
+    with torch.no_grad():
+        ours = loaded.model(torch.tensor([ids]))[0][0, -1].numpy()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, logits_all=True)
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[len(ids) - 1], dtype=np.float64)[: ours.size]
+    assert np.corrcoef(ours, theirs)[0, 1] > 0.99
+    assert int(theirs.argmax()) in np.argsort(-ours)[:3] and int(ours.argmax()) in np.argsort(-theirs)[:3]
+    if qtype == "q4_1":  # the model still knows: both say " Paris"
+        assert loaded.tokenizer.decode([int(ours.argmax())]) == loaded.tokenizer.decode([int(theirs.argmax())])
