@@ -204,7 +204,16 @@ def test_bad_chat_requests_and_raw_bodies(server: Server):
     assert "# TYPE slm_requests_total counter" in text and metric(server, "request_errors_total") >= 1
 
 
-def test_api_key_and_a_full_queue(loaded):
+def test_api_key_and_a_full_queue(loaded, monkeypatch):
+    # The tiny model decodes 40 tokens in milliseconds, which could free the row before the second request
+    # arrives; slowed to 20 ms a step, the first request holds it for most of a second.
+    real_step = Engine.step
+
+    def slow_step(self):
+        time.sleep(0.02)
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", slow_step)
     s = Server(create_app(loaded, "tiny", api_key="sesame", max_batch=1, max_waiting=0))
     try:
         with pytest.raises(openai.AuthenticationError):

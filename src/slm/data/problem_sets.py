@@ -132,7 +132,7 @@ def make_tasks(
             "chat": True,
             "checker": task,
             "stop": [],
-            "max_new_tokens": 24 if style == "answer" or style == "multitask" else 64 + 48 * (level + 1),
+            "max_new_tokens": 24 if style in ("answer", "multitask") else 64 + 48 * (level + 1),
             "source": f"slm data tasks {task} --level {level} --seed {seed}",
             "license": "generated",
         }

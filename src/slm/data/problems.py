@@ -20,6 +20,8 @@ import random
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from slm.data.checkers import check_countdown
+
 TASKS = ("arithmetic", "countdown")
 
 
@@ -168,8 +170,8 @@ def countdown(rng: random.Random, level: int) -> Problem:
         if not steps:
             continue
         expr = _expression(steps)
-        from slm.data.checkers import check_countdown  # the written answer must pass its own checker
-
+        # the written answer must pass its own checker (an intermediate equal to a given number can
+        # make the bracketed expression use that number twice)
         if check_countdown({"numbers": numbers, "target": target}, f"Answer: {expr}"):
             break
     listed = ", ".join(map(str, numbers))

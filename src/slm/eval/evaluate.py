@@ -17,6 +17,7 @@ from slm.eval.harness import score_generate, score_multiple_choice
 from slm.eval.tasks import load_task
 from slm.infer.template import chat_format
 from slm.model.load import load_model
+from slm.model.quant import calibration_file
 from slm.model.score import text_bpb
 from slm.progress import progress
 from slm.run import atomic_write_text
@@ -37,8 +38,8 @@ def evaluate(
     calibration: str | Path | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
-    if calibration is not None and not Path(calibration).is_file():
-        raise SlmError(f"calibration file {calibration} not found; give a text file like what the model will see")
+    if calibration is not None:
+        calibration_file(calibration)
     if not tasks and not texts:
         raise SlmError("nothing to evaluate: pass --tasks NAME[,NAME] and/or --text FILE")
     loaded_tasks = [load_task(t, limit, num_fewshot) for t in tasks]  # parse every task file before the model loads

@@ -30,14 +30,13 @@ from slm.errors import SlmError
 from slm.infer.sampling import check_finite, choose
 from slm.infer.speculative import Drafter, verify
 from slm.infer.text import IncrementalText
-from slm.model.transformer import KVCache, Transformer
+from slm.model.transformer import KVCache, Transformer, grow_cache
 
-ROUND = 64  # cache lengths grow in steps of this many positions
 PAD_SLACK = 1.25  # prompts share a prefill batch when the longest is at most this many times the shortest
 FULL_ROWS = 256  # positions from which a prefill batch runs at full speed (measured on a 2-core CPU)
 # Speculative decoding runs while at most this many rows decode; with more, the engine decodes plainly.
-# Measured on a 2-core CPU (benchmarks/serve.py, chat): guessing with 4 rows (3 guesses each) gave 0.87x
-# plain decoding's tokens/s, with 8 rows (1 guess each) 0.90x; with 1 row 1.2x.
+# Measured on a 2-core AMD EPYC (benchmarks/speculative.py): 4 rows each guessing 5 tokens gave 0.60x plain
+# decoding's tokens/s on chat and 1.03x on code; 1 row 1.16x on chat and 1.86x on code.
 SPEC_ROWS = 2
 
 
@@ -397,16 +396,8 @@ class Engine:
                 self.drafter.forget(s.id)
 
     def _ensure(self, rows: int, length: int) -> None:
-        """A cache with at least `rows` rows and `length` positions, keeping what the current one holds."""
-        old = self.cache
-        if old is not None and old.k[0].size(0) >= rows and old.length >= length:
-            return
-        have_rows = old.k[0].size(0) if old is not None else 0
-        new_rows = min(self.max_batch, max(rows, 2 * have_rows))
-        new_len = min(self.limit, max(old.length if old is not None else 0, -(-length // ROUND) * ROUND))
-        cache = KVCache(self.model.cfg, new_rows, new_len, self.dtype, self.device, zeroed=True)
-        if old is not None and self.rows:
-            n, used = len(self.rows), max(s.length for s in self.rows)
-            for dst, src in zip((*cache.k, *cache.v), (*old.k, *old.v), strict=True):
-                dst[:n, :, :used] = src[:n, :, :used]
-        self.cache = cache
+        """A cache with at least `rows` rows and `length` positions, keeping what the live rows hold."""
+        keep = (len(self.rows), max((s.length for s in self.rows), default=0))
+        self.cache = grow_cache(
+            self.cache, self.model.cfg, rows, length, self.dtype, self.device, self.limit, self.max_batch, keep
+        )

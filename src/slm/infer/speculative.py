@@ -33,7 +33,7 @@ from slm.config import SamplingParams
 from slm.errors import SlmError
 from slm.infer.sampling import sample
 from slm.model.load import load_model
-from slm.model.transformer import KVCache, Transformer
+from slm.model.transformer import KVCache, Transformer, grow_cache
 
 if TYPE_CHECKING:
     from slm.infer.engine import SeqState
@@ -166,19 +166,6 @@ class ModelDrafter:
             self.model.unpack()
         self.cache = None
 
-    def _ensure(self, rows: int, length: int) -> None:
-        old = self.cache
-        if old is not None and old.k[0].size(0) >= rows and old.length >= length:
-            return
-        have = old.k[0].size(0) if old is not None else 0
-        n_len = min(self.limit, max(old.length if old is not None else 0, -(-length // 64) * 64))
-        cache = KVCache(self.model.cfg, max(rows, 2 * have), n_len, self.dtype, self.device, zeroed=True)
-        if old is not None:
-            used = min(old.length, n_len)
-            for dst, src in zip((*cache.k, *cache.v), (*old.k, *old.v), strict=True):
-                dst[:have, :, :used] = src[:, :, :used]
-        self.cache = cache
-
     def propose(self, seqs: list[SeqState], room: list[int]) -> list[list[int]]:
         n = len(seqs)
         while len(self.length) < n:
@@ -187,8 +174,8 @@ class ModelDrafter:
         k = min(self.tokens, max(room))
         if k <= 0:
             return [[] for _ in seqs]
-        self._ensure(n, max(s.length for s in seqs) + k + self.CATCH_UP + 1)
-        assert self.cache is not None
+        length = max(s.length for s in seqs) + k + self.CATCH_UP + 1
+        self.cache = grow_cache(self.cache, self.model.cfg, n, length, self.dtype, self.device, self.limit)
         live = [i for i, s in enumerate(seqs) if room[i] > 0 and s.length + k < self.limit]
         if not live:
             return [[] for _ in seqs]
@@ -253,13 +240,14 @@ class ModelDrafter:
         self.length[row] = min(self.length[row], length)
 
     def moved(self, dst: int, src: int) -> None:
-        if self.cache is not None and src < len(self.length):
+        if src >= len(self.length):  # a row this drafter never saw
+            return
+        if self.cache is not None:
             n = self.length[src]
             for buf in (*self.cache.k, *self.cache.v):
                 buf[dst, :, :n] = buf[src, :, :n]
             self.length[dst], self.origin[dst] = self.length[src], self.origin[src]
-        if src < len(self.length):
-            self.length[src], self.origin[src] = 0, -1
+        self.length[src], self.origin[src] = 0, -1
 
     def reset(self, row: int) -> None:
         if row < len(self.length):

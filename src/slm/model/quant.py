@@ -109,10 +109,15 @@ def calibration_text(path: str | Path | None = None) -> str:
     """The text a file holds, or by default a little of every domain of the built-in corpus's training text
     (mixed: no domain's outliers left out)."""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise SlmError(f"calibration file {p} not found; give a text file like what the model will see")
-        return p.read_text(encoding="utf-8", errors="replace")
+        return calibration_file(path).read_text(encoding="utf-8", errors="replace")
     from slm.data.builtin import domain_files, domains
 
     return "\n\n".join(domain_files(d)[0][0].read_text()[:3000] for d in domains())
+
+
+def calibration_file(path: str | Path) -> Path:
+    """The calibration file, checked before any model loads."""
+    p = Path(path)
+    if not p.is_file():
+        raise SlmError(f"calibration file {p} not found; give a text file like what the model will see")
+    return p

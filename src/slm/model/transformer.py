@@ -77,9 +77,40 @@ class KVCache:
         return KVCache.of([k[start:stop] for k in self.k], [v[start:stop] for v in self.v], pos)
 
 
-# PyTorch's int8-weight CPU kernel slows down fast with rows: for a 576 x 1536 weight on a 2-core AMD EPYC,
-# 0.37 ms at 1 row, 3.1 ms at 8, 395 ms at 1024 (float32: 0.16, 0.32, 9.9 ms). Beyond this many rows the
-# int8 weights are expanded to float for the one product instead (12 ms at 1024 rows).
+CACHE_ROUND = 64  # a growing cache's length goes up in steps of this many positions
+
+
+def grow_cache(
+    old: KVCache | None,
+    cfg: ModelConfig,
+    rows: int,
+    length: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    limit: int,
+    max_rows: int | None = None,
+    keep: tuple[int, int] | None = None,
+) -> KVCache:
+    """`old` when it holds `rows` rows of `length` positions; else a zeroed cache that does (rows at least
+    doubling, up to max_rows; length rounded up to CACHE_ROUND, at most limit), holding old's contents, or
+    only its first keep = (rows, positions) of them."""
+    if old is not None and old.k[0].size(0) >= rows and old.length >= length:
+        return old
+    have = old.k[0].size(0) if old is not None else 0
+    new_rows = max(rows, 2 * have) if max_rows is None else min(max_rows, max(rows, 2 * have))
+    new_len = min(limit, max(old.length if old is not None else 0, -(-length // CACHE_ROUND) * CACHE_ROUND))
+    cache = KVCache(cfg, new_rows, new_len, dtype, device, zeroed=True)
+    if old is not None:
+        n, used = keep if keep is not None else (have, old.length)
+        for dst, src in zip((*cache.k, *cache.v), (*old.k, *old.v), strict=True):
+            dst[:n, :, :used] = src[:n, :, :used]
+    return cache
+
+
+# PyTorch's int8-weight CPU kernel slows down fast with rows: for a 576 x 1536 weight on a 2-core AMD EPYC
+# with AVX-512, 0.36 ms at 1 row, 3.05 ms at 8, 428 ms at 1024 (oneDNN-packed float32: 0.043, 0.085, 8.9 ms;
+# benchmarks/int8_kernels.py). Beyond this many rows the int8 weights are expanded to float for the one
+# product instead (10.6 ms at 1024 rows).
 INT8_KERNEL_ROWS = 1
 
 
