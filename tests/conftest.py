@@ -66,3 +66,48 @@ def greedy_ids(model, tok, prompt: list[int], n: int) -> list[int]:
 
     with Engine(model, tok) as engine:
         return engine.run([prompt], SamplingParams(max_tokens=n, temperature=0))[0].tokens
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory) -> Path:
+    """A 0.1M-parameter chat model (RUN/sft) that answers one-digit sums in the reply format ("Answer: N"),
+    and the tasks it was trained on (RUN/t): a teacher and a policy for the synth and RL tests."""
+    import json
+
+    from rich.console import Console
+
+    from slm.data.problem_sets import make_tasks
+    from slm.run import Run
+    from slm.sft.objective import SftObjective
+    from slm.tokenizer import train_tokenizer
+    from slm.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("rl")
+    make_tasks("arithmetic", tmp / "t", train=60, test=10, level=1, style="answer", ops="+")
+    rows = [json.loads(x) for x in (tmp / "t/train.jsonl").read_text().splitlines()]
+    tok = train_tokenizer([m["content"] for r in rows for m in r["messages"]] * 4, vocab_size=300, chat_tokens=True)
+    tok.save(str(tmp / "tok.json"))
+    cfg = load_config(
+        None,
+        [
+            f"tokenizer.path='{tmp / 'tok.json'}'",
+            f"sft.data=['{tmp / 't/train.jsonl'}']",
+            "sft.template='chatml'",
+            "sft.batching='packed'",
+            "model.n_layer=2",
+            "model.n_head=4",
+            "model.d_model=64",
+            "model.max_seq_len=64",
+            "train.seq_len=64",
+            "train.batch_size=16",
+            "train.max_steps=120",
+            "train.lr=3e-3",
+            "train.warmup_steps=10",
+            "train.eval_every=1000",
+            "train.ckpt_every=1000",
+            "train.threads=1",
+            "train.dtype='float32'",
+        ],
+    )
+    train(cfg, Run(tmp / "sft"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+    return tmp

@@ -18,7 +18,7 @@ FLOORS = [
     {"infer"},
     {"train"},
     {"eval", "export", "report", "serve"},
-    {"distill", "select", "mix", "sft"},
+    {"distill", "select", "mix", "sft", "rl", "synth"},
     {"quickstart"},
     {"cli"},
     {"__main__"},

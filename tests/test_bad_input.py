@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from slm.cli import app
@@ -107,6 +108,15 @@ def world(tmp_path_factory) -> Path:
     ]
     (w / "chats_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad) + "{not json\n")
     (w / "plain.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    from slm.data.problem_sets import make_tasks
+
+    make_tasks("arithmetic", w / "rl_t", train=5, test=2, level=1, style="answer")
+    for name in ("problems", "test"):  # plain prompts: the tiny run has no chat template
+        spec = yaml.safe_load((w / f"rl_t/{name}.yaml").read_text())
+        (w / f"rl_t/plain_{name}.yaml").write_text(yaml.safe_dump(spec | {"chat": False}))
+    (w / "mc.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    (w / "task_mc.yaml").write_text("name: t\ntype: multiple_choice\ndata: mc.jsonl\n")
+    (w / "rl.toml").write_text(config_to_toml(cfg) + f'\n[rl]\ntask = "{w / "rl_t/plain_problems.yaml"}"\n')
     (w / "adapter_nobase").mkdir()
     (w / "adapter_nobase" / "adapter_config.json").write_text(
         json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(w / "nothing"), "r": 4})
@@ -119,6 +129,8 @@ def snapshot(root: Path) -> dict[Path, tuple[int, int]]:
 
 
 # (id, argv with {w} for the fixture folder, phrase the error must contain)
+# an rl command on a plain (non-chat) task
+RL = "rl {w}/tiny.toml --init {w}/run -s rl.task='{w}/rl_t/plain_problems.yaml'"
 CASES = [
     # tokenizer train
     ("tok-missing-input", "tokenizer train {w}/nothing/*.txt --out {w}/new_tok.json", "matches no file"),
@@ -298,6 +310,28 @@ CASES = [
     ("export-peft-not-lora", "export {w}/run --format peft -o {w}/p", "holds no LoRA adapters"),
     ("export-no-merge", "export {w}/run --no-merge -o {w}/p", "--format peft"),
     ("generate-adapter-no-base", "generate {w}/adapter_nobase -p hi", "its base model"),
+    # rl
+    ("rl-no-table", "rl {w}/tiny.toml -o {w}/t", "no [rl] table"),
+    ("rl-in-train", "train {w}/rl.toml -o {w}/t", "run it with `slm rl`"),
+    ("rl-no-init", "rl {w}/rl.toml -s rl.eval_tasks=['{w}/rl_t/plain_test.yaml'] -o {w}/t", "needs a model"),
+    ("rl-unknown-task", "rl {w}/tiny.toml --init {w}/run -s rl.task='no_such' -o {w}/t", "task 'no_such' not found"),
+    ("rl-mc-task", "rl {w}/tiny.toml --init {w}/run -s rl.task='{w}/task_mc.yaml' -o {w}/t", "needs a generate task"),
+    ("rl-no-eval", RL + " -o {w}/t", "name rl.eval_tasks"),
+    ("rl-chat-base-model", RL + " -s rl.eval_tasks=['{w}/rl_t/test.yaml'] -o {w}/t", "no chat template"),
+    (
+        "rl-too-long",
+        RL + " -s rl.eval_tasks=['{w}/rl_t/plain_test.yaml'] -s train.seq_len=8 -o {w}/t",
+        "raise train.seq_len",
+    ),
+    ("rl-agg", RL + " -s rl.loss_agg='mean' -o {w}/t", "loss_agg"),
+    ("rl-group", RL + " -s rl.group=1 -o {w}/t", "rl.group"),
+    # synth
+    ("synth-unknown-task", "synth {w}/run --task no_such -o {w}/s", "task 'no_such' not found"),
+    ("synth-teacher-missing", "synth {w}/nothing --task {w}/rl_t/plain_problems.yaml -o {w}/s", "not found"),
+    ("synth-keep", "synth {w}/run --task {w}/rl_t/plain_problems.yaml --keep 5 --samples 2 -o {w}/s", "--keep 5"),
+    ("synth-check", "synth {w}/run --task {w}/rl_t/plain_problems.yaml --check regex:(x -o {w}/s", "regular expr"),
+    ("synth-mc-task", "synth {w}/run --task {w}/task_mc.yaml -o {w}/s", "needs a generate task"),
+    ("synth-out-exists", "synth {w}/run --task {w}/rl_t/plain_problems.yaml -o {w}/outdir", "exists; pass --force"),
 ]
 
 

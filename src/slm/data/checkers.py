@@ -16,11 +16,12 @@ from fractions import Fraction
 from typing import Any
 
 INT = re.compile(r"-?\d[\d,]*")
+ANSWER_MARK = "Answer:"  # where every reply format of data/problem_sets.py states its final answer
 
 
 def final_answer(text: str) -> str:
-    at = text.rfind("Answer:")
-    tail = text[at + len("Answer:") :] if at >= 0 else text
+    at = text.rfind(ANSWER_MARK)
+    tail = text[at + len(ANSWER_MARK) :] if at >= 0 else text
     lines = [ln.strip() for ln in tail.strip().splitlines() if ln.strip()]
     if not lines:
         return ""

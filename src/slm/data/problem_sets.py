@@ -1,6 +1,8 @@
 """`slm data tasks NAME`: a verifiable task as training conversations and held-out test sets.
 
     OUT/train.jsonl          conversations for `slm sft` (one style, below)
+    OUT/problems.jsonl       the training problems themselves: question, answer, rationale, meta
+    OUT/problems.yaml        the same as a checkable task: what `slm rl` trains on and `slm synth` asks
     OUT/test.jsonl           held-out problems at the training difficulty: question, answer, rationale, meta
     OUT/test_harder.jsonl    the same, one step harder (level + 1)
     OUT/test.yaml, OUT/test_harder.yaml   task files `slm eval --tasks` runs: the question as a user message
@@ -118,10 +120,10 @@ def make_tasks(
     lines = [json.dumps(c, ensure_ascii=False) for p in sets["train"] for c in conversations(p, style)]
     atomic_write_text(out / "train.jsonl", "\n".join(lines) + "\n")
     prefix = "[answer] " if style == "multitask" else ""
-    for name in ("test", "test_harder"):
+    for name, probs in (("problems", sets["train"]), ("test", sets["test"]), ("test_harder", sets["test_harder"])):
         rows = [
             {"question": prefix + p.question, "answer": p.answer, "rationale": p.rationale, "meta": p.meta}
-            for p in sets[name]
+            for p in probs
         ]
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         spec = {

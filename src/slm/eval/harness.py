@@ -266,6 +266,33 @@ def extract_answer(text: str, pattern: str | None) -> str:
     return text.strip()
 
 
+def judge(task: Task, item: Item, text: str) -> bool:
+    """Is `text` a right reply to a generative item: the task's checker (data/checkers.py) when it names
+    one, else exact match of what answer_regex extracts. Evaluation, RL rewards and synthetic data agree
+    because they all judge here. A checker may raise; callers that must survive it catch."""
+    if task.spec.checker is not None:
+        from slm.data.checkers import CHECKERS
+
+        return bool(CHECKERS[task.spec.checker]({**(item.row or {}), "answer": item.answer}, text))
+    return extract_answer(text, task.spec.answer_regex) == str(item.answer).strip()
+
+
+def has_answer(task: Task, text: str) -> bool:
+    """Does the reply state an answer at all: the "Answer:" line slm's task formats end with (checker tasks),
+    or a match of answer_regex. A reply without one is counted apart from a wrong one."""
+    if task.spec.checker is not None:
+        from slm.data.checkers import ANSWER_MARK
+
+        return ANSWER_MARK in text
+    return extract_answer(text, task.spec.answer_regex) != ""
+
+
+def item_prompt(item: Item, chat: ChatFormat | None) -> str | list[int]:
+    """What the model continues for a generative item: its prompt as a user message in the chat template
+    (a task with `chat: true`), else its prompt text."""
+    return chat.prompt_ids([{"role": "user", "content": item.prompt}]) if chat else item.prompt
+
+
 def score_generate(
     model: Transformer,
     tok: Tokenizer,
@@ -278,25 +305,14 @@ def score_generate(
     """Greedy generation for every item, batched on the engine, then exact match after answer_regex, or
     the task's checker. chat: how a task with `chat: true` renders its prompt as a user message."""
     params = SamplingParams(max_tokens=task.spec.max_new_tokens, temperature=0.0, stop=task.spec.stop)
-    check = None
-    if task.spec.checker is not None:
-        from slm.data.checkers import CHECKERS
-
-        check = CHECKERS[task.spec.checker]
     correct = 0
     with Engine(model, tok, stop_ids, max_batch=max_batch) as engine:
-        prompts = [
-            chat.prompt_ids([{"role": "user", "content": item.prompt}]) if chat else item.prompt for item in task.items
-        ]
+        prompts = [item_prompt(item, chat) for item in task.items]
         ids = [engine.submit(p, params, truncate=True) for p in prompts]
         for event in engine.stream():
             if event.finish_reason is not None and on_item:
                 on_item()
         for i, item in zip(ids, task.items, strict=True):
-            out = engine.result(i).text
-            if check is not None:
-                correct += check({**(item.row or {}), "answer": item.answer}, out)
-            else:
-                correct += extract_answer(out, task.spec.answer_regex) == str(item.answer).strip()
+            correct += judge(task, item, engine.result(i).text)
     n = len(task.items)
     return {"exact_match": correct / n, "exact_match_stderr": stderr(correct / n, n), "n": n}

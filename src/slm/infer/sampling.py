@@ -7,6 +7,8 @@ speculative decoding guessed its tokens.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from pydantic import ValidationError
 
@@ -77,3 +79,10 @@ def check_finite(logits: torch.Tensor, where: str) -> None:
             f"the model produced non-finite logits ({where}); its weights or inputs hold NaN or infinity: "
             "check the checkpoint (an earlier one may be intact)"
         )
+
+
+def seed_for(*parts: object) -> int:
+    """A sampling seed from where a sample sits (a run's seed, a round, a prompt, a sample): the same in every
+    process and on every resume, and unrelated for neighbouring positions."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1

@@ -172,6 +172,21 @@ def render(runs: list[dict]) -> str:
     )
     if plots[1] is None and any(_series(r, "val_bpb") for r in runs):
         parts.append("<p class=muted>One validation evaluation per run: its bits-per-byte is in the summary.</p>")
+    # `slm rl` runs: what the rollouts earned and how far the policy moved (absent from other runs).
+    rl_plots = [
+        _plot(runs, "reward", "step", "mean reward of the rollouts", "reward"),
+        _plot(runs, "val_accuracy", "step", "held-out accuracy (greedy)", "accuracy"),
+        _plot(runs, "response_length", "step", "completion length", "tokens"),
+        _plot(runs, "kl", "step", "KL to the reference", "nats/token"),
+        _plot(runs, "entropy", "step", "policy entropy", "nats/token"),
+        _plot(runs, "clip_fraction", "step", "clipped share of tokens", "share"),
+    ]
+    if any(rl_plots):
+        parts.append(
+            "<h2>Reinforcement learning</h2><div class=plots>"
+            + "".join(f"<div class=plot>{p}</div>" for p in rl_plots if p)
+            + "</div>"
+        )
     eval_rows = []
     for r in runs:
         for task, res in r["eval"].get("tasks", {}).items():

@@ -225,8 +225,8 @@ def train(
             "tokens_seen": tokens_seen,
             "vocab_size": cfg.tokenizer.vocab_size,
             "tokenizer_hash": tokenizer_hash(tok),
-            "val_loss": val and val["loss"],
-            "val_bpb": val and val["bpb"],
+            "val_loss": val and val.get("loss"),
+            "val_bpb": val and val.get("bpb"),
             "objective": objective.name,
             "objective_state": objective.state(),
         }
@@ -341,17 +341,13 @@ def train(
                 if d.master and (done % cfg.train.eval_every == 0 or done == cfg.train.max_steps):
                     t_eval = time.perf_counter()
                     last_val = objective.evaluate(raw_model, final=done == cfg.train.max_steps)
-                    log(
-                        {
-                            "step": done,
-                            "tokens": tokens_seen,
-                            "val_loss": last_val["loss"],
-                            "val_bpb": last_val["bpb"],
-                        }
-                    )
+                    # Whatever the objective measures on held-out data (loss and bits-per-byte; RL's
+                    # accuracy) is logged as val_NAME; counts of tokens and bytes go to the summary only.
+                    shown = {k: v for k, v in last_val.items() if k not in ("tokens", "bytes")}
+                    log({"step": done, "tokens": tokens_seen, **{f"val_{k}": v for k, v in shown.items()}})
                     bar.print(
-                        f"step {done}: train loss {loss_val:.3f}, val loss {last_val['loss']:.3f}, "
-                        f"val bpb {last_val['bpb']:.3f}"
+                        f"step {done}: train loss {loss_val:.3f}, "
+                        + ", ".join(f"val {k} {v:.3f}" for k, v in shown.items())
                     )
                     t_log += time.perf_counter() - t_eval  # evaluation time is not training throughput
                 if d.master and (done % cfg.train.ckpt_every == 0 or done == cfg.train.max_steps):
@@ -370,15 +366,8 @@ def train(
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
         final = last_val if last_val is not None else objective.evaluate(raw_model, final=True)
         summary.update(objective.summary())
-        summary.update(
-            {
-                "val_loss": final["loss"],
-                "val_bpb": final["bpb"],
-                "val_tokens": final["tokens"],
-                "val_bytes": final["bytes"],
-                "params": raw_model.num_params(False),
-            }
-        )
+        summary.update({f"val_{k}": v for k, v in final.items()})
+        summary["params"] = raw_model.num_params(False)
         run.write_summary(summary)
         if cfg.sample.prompts:
             summary["samples"] = write_samples(raw_model, tok, cfg, run)

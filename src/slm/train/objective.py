@@ -16,7 +16,8 @@ Hooks are called in this order; those that may write shared files run on rank 0 
     loss(forward, model, batch)  the scalar to minimise; `forward` is the module to call (DDP-wrapped),
                              `model` the plain Transformer (for its weights)
     end_step(step, loss)     after the optimiser step: metrics to log with the step
-    evaluate(model, final)   held-out loss and bits-per-byte (final: the whole held-out set) on rank 0
+    evaluate(model, final)   held-out metrics on rank 0 (final: the whole held-out set), logged as val_NAME:
+                             loss and bits-per-byte for LM objectives, accuracy for RL
     summary()                extra fields for summary.json after the final evaluation
     state() / load_state()   JSON-able state saved in each checkpoint's meta.json and restored on resume
 """

@@ -22,6 +22,8 @@ def check_recipe(cfg: Config, objective: Objective, source: str) -> None:
         raise SlmError(f"{source} has a [distill] table: run it with `slm distill` (or remove the table to train)")
     if cfg.sft is not None and objective.name != "sft":
         raise SlmError(f"{source} has an [sft] table: run it with `slm sft`")
+    if cfg.rl is not None and objective.name != "rl":
+        raise SlmError(f"{source} has an [rl] table: run it with `slm rl`")
 
 
 def start(
