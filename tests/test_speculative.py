@@ -93,6 +93,28 @@ def test_guesses_past_the_context_limit_and_through_refills(tok):
         assert all(len(c.tokens) == 90 for c in got) and drafted > 0
 
 
+def test_a_draft_model_with_a_shorter_context_than_the_prompt(model, tok, monkeypatch):
+    """The draft sees at most 16 positions, the prompts are longer: it cannot guess, and its cache must not
+    grow (it used to be reallocated with doubled rows at every step, until memory ran out)."""
+    from slm.infer import speculative
+
+    rows: list[int] = []
+    real = speculative.grow_cache
+
+    def watched(*a, **k):
+        cache = real(*a, **k)
+        rows.append(cache.k[0].size(0))
+        return cache
+
+    monkeypatch.setattr(speculative, "grow_cache", watched)
+    draft = ModelDrafter(tiny(5, max_seq_len=16), V, 4)
+    ps = [[4, 5, 6] * 8, [9, 8] * 12]
+    plain, _, _ = run(model, tok, None, SamplingParams(max_tokens=20, temperature=0), ps=ps)
+    got, _, _ = run(model, tok, draft, SamplingParams(max_tokens=20, temperature=0), ps=ps)
+    assert [c.tokens for c in got] == [c.tokens for c in plain]
+    assert rows and max(rows) <= 4, rows
+
+
 def test_accepted_runs_stop_at_max_tokens_stop_strings_and_keep_logprobs(model, tok):
     params = SamplingParams(max_tokens=13, temperature=0, logprobs=True, top_logprobs=2)
     plain, _, _ = run(model, tok, None, params)

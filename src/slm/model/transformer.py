@@ -94,6 +94,10 @@ def grow_cache(
     """`old` when it holds `rows` rows of `length` positions; else a zeroed cache that does (rows at least
     doubling, up to max_rows; length rounded up to CACHE_ROUND, at most limit), holding old's contents, or
     only its first keep = (rows, positions) of them."""
+    # A request past the model's context is capped to it first: otherwise a cache already at the limit never
+    # satisfies it, and every call would reallocate with doubled rows (found by a draft model whose context
+    # is shorter than the target's prompt: memory grew until the process was killed).
+    length = min(length, limit)
     if old is not None and old.k[0].size(0) >= rows and old.length >= length:
         return old
     have = old.k[0].size(0) if old is not None else 0
