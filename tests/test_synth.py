@@ -70,7 +70,7 @@ def test_a_killed_run_resumes_without_loss_or_repeats(sft_run: Path, tmp_path: P
     monkeypatch.setattr(synth, "synth_part", dies_on_the_third_part)
     with pytest.raises(Killed):
         synthesize(settings(sft_run, part_size=15), tmp_path / "o")
-    assert not (tmp_path / "o/train.jsonl").exists() and len(list((tmp_path / "o/parts").glob("*.json"))) == 2
+    assert not (tmp_path / "o/train.jsonl").exists() and len(list((tmp_path / "o/parts").glob("part-*"))) == 2
     calls.clear()
     dies.clear()
     got = synthesize(settings(sft_run, part_size=15), tmp_path / "o")

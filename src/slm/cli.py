@@ -419,21 +419,21 @@ def synth_cmd(
     from slm.synth.generate import SynthSettings, synthesize
 
     settings = SynthSettings(
-        teacher,
-        task,
-        template,
-        check,
-        samples,
-        keep,
-        temperature,
-        top_p,
-        max_tokens,
-        min_chars,
-        max_chars,
-        part_size,
-        limit,
-        seed,
-        max_batch,
+        teacher=teacher,
+        task=task,
+        template=template,
+        check=check,
+        samples=samples,
+        keep=keep,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        min_chars=min_chars,
+        max_chars=max_chars,
+        part_size=part_size,
+        limit=limit,
+        seed=seed,
+        max_batch=max_batch,
     )
     s = synthesize(settings, out, force, on_part=lambda i, n: _say(f"part {i + 1}/{n} done"))
     steps = s["funnel"]["steps"]

@@ -9,9 +9,10 @@ or nothing), and up to --keep passing replies per prompt are kept: rejection sam
 conversations: the item's own prompt as the user turn, the teacher's reply as the assistant's.
 
     OUT/synth.json                  the settings; a rerun with other settings is refused (--force restarts)
-    OUT/parts/part-00000.jsonl      the kept conversations of one part of the prompts
-    OUT/parts/part-00000.json       its funnel, written last: a part with it is done and not redone
-    OUT/parts/part-00000.*.npy      its dedup signatures (content hash, MinHash bands), as the data pipeline's
+    OUT/parts/part-00000/           one part of the prompts, appearing whole (run.atomic_dir) once it is done:
+        train.jsonl                 its kept conversations
+        exact.npy, bands.npy        their dedup signatures (content hash, MinHash bands), as the data pipeline's
+        part.json                   its funnel, generated tokens and seconds
     OUT/train.jsonl                 every part's conversations less exact and near duplicates (first kept)
     OUT/summary.json                the funnel (generated, failed by reason, kept, duplicates), teacher tokens/s
 
@@ -45,10 +46,8 @@ from slm.infer.engine import Engine
 from slm.infer.sampling import seed_for
 from slm.infer.template import chat_format
 from slm.model.load import Loaded, load_model
-from slm.run import atomic_write_text, refuse_existing
+from slm.run import atomic_dir, atomic_write_text, refuse_existing
 from slm.tokenizer import end_ids
-
-STEPS = ("generate", "length", "check", "keep", "exact_dedup", "near_dedup")
 
 
 @dataclass
@@ -123,8 +122,8 @@ def render(template: str | None, item: Item) -> str:
 
 
 def synth_part(settings: dict[str, Any], out: str, part: int) -> dict:
-    """One part of the prompts: generated, filtered, judged, its conversations and signatures written, the
-    funnel (with tokens and seconds) written last as the part's finished marker."""
+    """One part of the prompts: generated, filtered, judged; its folder (conversations, signatures, funnel)
+    appears whole once it is done, which is what a rerun looks for."""
     s = SynthSettings(**settings)
     task = load_task(s.task, s.limit)
     items = list(enumerate(task.items))[part * s.part_size : (part + 1) * s.part_size]
@@ -181,28 +180,27 @@ def synth_part(settings: dict[str, Any], out: str, part: int) -> dict:
             kept += 1
             messages = [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": text}]
             rows.append({"messages": messages, "source": {"task": task.spec.name, "item": i + 1}})
-    base = Path(out) / "parts" / f"part-{part:05d}"
-    base.parent.mkdir(parents=True, exist_ok=True)
     signer = Signer(DedupConfig())
     replies = [r["messages"][1]["content"] for r in rows]
-    save_array(base.with_suffix(".exact.npy"), np.array([signer.exact(t) for t in replies], dtype=np.uint64))
-    bands = np.stack([signer.bands(t) for t in replies]) if replies else np.zeros((0, signer.cfg.bands), np.uint64)
-    save_array(base.with_suffix(".bands.npy"), bands)
-    atomic_write_text(base.with_suffix(".jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     record = {
         "funnel": funnel.as_dict(),
         "rows": len(rows),
         "generated_tokens": sum(len(c.tokens) for c in done),
         "seconds": seconds,
     }
-    atomic_write_text(base.with_suffix(".json"), json.dumps(record) + "\n")
+    with atomic_dir(part_dir(Path(out), part)) as tmp:
+        np.save(tmp / "exact.npy", np.array([signer.exact(t) for t in replies], dtype=np.uint64))
+        bands = [signer.bands(t) for t in replies]
+        np.save(tmp / "bands.npy", np.stack(bands) if bands else np.zeros((0, signer.cfg.bands), np.uint64))
+        (tmp / "train.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
+        (tmp / "part.json").write_text(json.dumps(record) + "\n")
     return record
 
 
-def save_array(path: Path, a: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, a)
-    tmp.replace(path)
+def part_dir(out: Path, part: int) -> Path:
+    return out / "parts" / f"part-{part:05d}"
 
 
 def synthesize(
@@ -236,7 +234,6 @@ def synthesize(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(mine, indent=2) + "\n")
     parts = (len(task.items) + settings.part_size - 1) // settings.part_size
-    marker = lambda i: out / "parts" / f"part-{i:05d}.json"  # noqa: E731
     failures: list[str] = []
 
     def done(i: int, outcome: Outcome) -> None:
@@ -245,7 +242,7 @@ def synthesize(
         if on_part:
             on_part(i, parts)
 
-    run_jobs(synth_part, [(mine, str(out), i) for i in range(parts)], 1, done, lambda i: marker(i).is_file())
+    run_jobs(synth_part, [(mine, str(out), i) for i in range(parts)], 1, done, lambda i: part_dir(out, i).is_dir())
     if failures:
         raise SlmError(f"{len(failures)} part(s) failed, first: {failures[0]}; rerun the command to retry them")
     return merge(out, parts)
@@ -253,19 +250,19 @@ def synthesize(
 
 def merge(out: Path, parts: int) -> dict:
     """train.jsonl from the parts, less exact and near duplicates of earlier replies; the summed funnel."""
-    base = [out / "parts" / f"part-{i:05d}" for i in range(parts)]
-    records = [json.loads(b.with_suffix(".json").read_text()) for b in base]
+    base = [part_dir(out, i) for i in range(parts)]
+    records = [json.loads((b / "part.json").read_text()) for b in base]
     funnel = Funnel()
     for r in records:
         funnel += Funnel.from_dict(r["funnel"])
     exact, near = find_duplicates(
-        [b.with_suffix(".exact.npy") for b in base],
-        [b.with_suffix(".bands.npy") for b in base],
+        [b / "exact.npy" for b in base],
+        [b / "bands.npy" for b in base],
         [r["rows"] for r in records],
         exact=True,
         near=True,
     )
-    lines = [ln for b in base for ln in b.with_suffix(".jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = [ln for b in base for ln in (b / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     kept = []
     for n, line in enumerate(lines):
         if exact[n]:
