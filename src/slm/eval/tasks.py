@@ -144,6 +144,15 @@ def load_task(name_or_path: str, limit: int | None = None, num_fewshot: int | No
     return Task(spec, items, path)
 
 
+def load_generate_task(name_or_path: str, field: str, user: str, limit: int | None = None) -> Task:
+    """load_task for a command that needs generated replies (RL prompts, a teacher's seeds): a multiple-choice
+    task is refused, naming the field it came from and the command (`user`) that needs it."""
+    task = load_task(name_or_path, limit)
+    if task.spec.type != "generate":
+        raise SlmError(f"{field}={name_or_path} is a {task.spec.type} task; {user} needs a generate task")
+    return task
+
+
 def _data_file(task: Path, name: str, field: str) -> Path:
     data = (task.parent / name).resolve()
     if not data.is_file():

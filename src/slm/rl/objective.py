@@ -26,7 +26,7 @@ from slm.config import Config, RlConfig
 from slm.data.batch import Batch
 from slm.errors import SlmError
 from slm.eval.harness import score_generate
-from slm.eval.tasks import Task, load_task
+from slm.eval.tasks import Task, load_generate_task
 from slm.infer.template import ChatFormat, chat_format
 from slm.model.load import load_model
 from slm.model.transformer import Transformer
@@ -53,13 +53,6 @@ def weights_hash(model: Transformer) -> str:
     return h.hexdigest()[:16]
 
 
-def generate_task(path: str, field: str) -> Task:
-    task = load_task(path)
-    if task.spec.type != "generate":
-        raise SlmError(f"{field}={path} is a {task.spec.type} task; RL needs a generate task")
-    return task
-
-
 class RlData:
     """What prepare_data hands the loop: the prompts (the loop asks it for a batcher; rollouts are drawn by
     the objective itself, since they need the model)."""
@@ -81,6 +74,7 @@ class GrpoObjective(Objective):
         self.sums: dict[str, float] = {}  # loss-side metrics since the last log, summed over micro-batches
         self.micro = 0
         self.cached: dict[tuple[int, int], Rollouts] = {}
+        self.orders: dict[int, list[int]] = {}  # epoch -> the prompts' order in it
         self.reference: Transformer | None = None
         self.reference_hash: str | None = None
 
@@ -89,8 +83,8 @@ class GrpoObjective(Objective):
         rl = self.rl
         if not cfg.train.init and not run.tokenizer_path.is_file():
             raise SlmError("slm rl needs a model to start from: set train.init (or --init SOURCE)")
-        self.task = generate_task(rl.task, "rl.task")
-        self.evals = [generate_task(t, "rl.eval_tasks") for t in rl.eval_tasks]
+        self.task = load_generate_task(rl.task, "rl.task", "RL")
+        self.evals = [load_generate_task(t, "rl.eval_tasks", "RL") for t in rl.eval_tasks]
         if not self.evals:
             raise SlmError("name rl.eval_tasks: held-out task files (slm data tasks writes test.yaml)")
         self.init_source = adopt_init(cfg, run, say) if cfg.train.init else None
@@ -138,13 +132,16 @@ class GrpoObjective(Objective):
         n, b = len(self.task.items), self.cfg.train.batch_size
         assert self.cfg.train.grad_accum is not None
         start = (round_ * self.cfg.train.grad_accum + index) * b
-        out = []
-        for pos in range(start, start + b):
-            epoch, at = divmod(pos, n)
-            order = list(range(n))
+        return [self._order(epoch)[at] for epoch, at in (divmod(pos, n) for pos in range(start, start + b))]
+
+    def _order(self, epoch: int) -> list[int]:
+        """The prompts' order in an epoch: shuffled once per epoch, a function of the seed (the last two
+        kept: a micro-batch may straddle two epochs)."""
+        if epoch not in self.orders:
+            order = list(range(len(self.task.items)))
             random.Random(self.cfg.train.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(order[at])
-        return out
+            self.orders = {e: o for e, o in self.orders.items() if e == epoch - 1} | {epoch: order}
+        return self.orders[epoch]
 
     def batch(self, step: int, index: int) -> Batch:
         rl = self.rl

@@ -40,7 +40,7 @@ from slm.data.dedup import Signer, find_duplicates
 from slm.data.stats import Funnel
 from slm.errors import SlmError
 from slm.eval.harness import has_answer, item_prompt, judge
-from slm.eval.tasks import Item, Task, load_task
+from slm.eval.tasks import Item, Task, load_generate_task, load_task
 from slm.executor import Outcome, run_jobs
 from slm.infer.engine import Engine
 from slm.infer.sampling import seed_for
@@ -211,9 +211,8 @@ def synthesize(
 ) -> dict:
     """Every part (resuming a killed run on the same settings), then train.jsonl and summary.json."""
     validate(settings)
-    task = load_task(settings.task, settings.limit)  # refused now (unknown task, bad file), before any model
-    if task.spec.type != "generate":
-        raise SlmError(f"--task {settings.task} is a {task.spec.type} task; synth needs a generate task")
+    # refused now (unknown task, bad file, not a generate task), before any model loads
+    task = load_generate_task(settings.task, "--task", "synth", settings.limit)
     if settings.template is not None:
         render(settings.template, task.items[0])
     record = out / "synth.json"
