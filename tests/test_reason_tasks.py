@@ -156,40 +156,10 @@ def test_a_chat_task_refuses_a_base_model(tiny_cfg, tmp_path: Path):
         evaluate(str(tmp_path / "base"), [str(tmp_path / "t/test.yaml")], [], console=Console(quiet=True))
 
 
-def test_from_problems_to_a_trained_reasoner_end_to_end(tmp_path: Path, monkeypatch):
-    """The loop a user runs: problems, a tokenizer with ChatML marks, SFT from scratch, eval by checker.
-    A tiny model learns the reply's format for sure (its accuracy on unseen sums is what benchmarks measure)."""
-    from slm.sft.objective import SftObjective
-    from slm.tokenizer import train_tokenizer
-
-    make_tasks("arithmetic", tmp_path / "t", train=60, test=10, level=1, style="answer", ops="+")
-    rows = [json.loads(x) for x in (tmp_path / "t/train.jsonl").read_text().splitlines()]
-    texts = [m["content"] for r in rows for m in r["messages"]]
-    tok = train_tokenizer(texts * 4, vocab_size=300, chat_tokens=True)
-    tok.save(str(tmp_path / "tok.json"))
-    cfg = load_config(
-        None,
-        [
-            f"tokenizer.path='{tmp_path / 'tok.json'}'",
-            f"sft.data=['{tmp_path / 't/train.jsonl'}']",
-            "sft.template='chatml'",
-            "sft.batching='packed'",
-            "model.n_layer=2",
-            "model.n_head=4",
-            "model.d_model=64",
-            "model.max_seq_len=64",
-            "train.seq_len=64",
-            "train.batch_size=16",
-            "train.max_steps=120",
-            "train.lr=3e-3",
-            "train.warmup_steps=10",
-            "train.eval_every=1000",
-            "train.ckpt_every=1000",
-            "train.threads=1",
-            "train.dtype='float32'",
-        ],
-    )
-    train(cfg, Run(tmp_path / "run"), SftObjective(cfg), console=Console(quiet=True), progress=False)
+def test_from_problems_to_a_trained_reasoner_end_to_end(sft_run: Path, tmp_path: Path, monkeypatch):
+    """The loop a user runs: problems, a tokenizer with ChatML marks, SFT from scratch (conftest's `sft_run`
+    does these), eval by checker. A tiny model learns the reply's format for sure (its accuracy on unseen
+    sums is what benchmarks measure)."""
     replies: list[str] = []
     real = checkers.CHECKERS["arithmetic"]
 
@@ -198,9 +168,11 @@ def test_from_problems_to_a_trained_reasoner_end_to_end(tmp_path: Path, monkeypa
         return real(row, text)
 
     monkeypatch.setitem(checkers.CHECKERS, "arithmetic", judge)
-    r = evaluate(str(tmp_path / "run"), [str(tmp_path / "t/test.yaml")], [], console=Console(quiet=True))
+    r = evaluate(
+        str(sft_run / "sft"), [str(sft_run / "t/test.yaml")], [], console=Console(quiet=True), out=tmp_path / "e.json"
+    )
     assert len(replies) == 10
     assert sum(bool(re.fullmatch(r"Answer: \d+", t.strip())) for t in replies) >= 9  # the format was learned
     got = r["tasks"]["arithmetic_test"]["exact_match"]
-    rows = [json.loads(x) for x in (tmp_path / "t/test.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (sft_run / "t/test.jsonl").read_text().splitlines()]
     assert got == pytest.approx(sum(real(row, t) for row, t in zip(rows, replies, strict=True)) / 10)
