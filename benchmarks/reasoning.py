@@ -130,12 +130,9 @@ def for_seconds(argv: list[str], seconds: float) -> float:
 
 def rl_vs_sft(args, work: Path, seed: int) -> dict[str, float]:
     """GRPO and more SFT from the same rationale model, each for args.rl_seconds of wall-clock."""
-    from slm.data.problem_sets import make_tasks
     from slm.run import Run
 
     start, data = work / f"run-s{seed}-rationale", work / f"s{seed}-rationale"
-    # The training problems as a checkable task (the styles' folders predate problems.yaml in old work dirs).
-    make_tasks("arithmetic", work / "rl-tasks", args.train, args.test, args.level, "rationale", seed, "+", None, True)
     common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
     rl_run, sft_run = work / "rl", work / "more-sft"
     for run in (rl_run, sft_run):
@@ -270,6 +267,12 @@ def main() -> None:
         out[key] = round(statistics.mean(acc[style]["test"]), 4)
         out[f"{key}_harder"] = round(statistics.mean(acc[style]["test_harder"]), 4)
     out["acc_sft_start"] = acc["rationale"]["test"][0]
+    if not {"rl", "synth"} <= skip:  # the training problems as a checkable task: RL's prompts, the teacher's
+        from slm.data.problem_sets import make_tasks
+
+        make_tasks(
+            "arithmetic", work / "rl-tasks", args.train, args.test, args.level, "rationale", seeds[0], "+", None, True
+        )
     if "rl" not in skip:
         t0 = time.time()
         out.update(rl_vs_sft(args, work, seeds[0]))
@@ -282,21 +285,6 @@ def main() -> None:
         )
     if "synth" not in skip:
         t0, nan = time.time(), float("nan")
-        if "rl" in skip:
-            from slm.data.problem_sets import make_tasks
-
-            make_tasks(
-                "arithmetic",
-                work / "rl-tasks",
-                args.train,
-                args.test,
-                args.level,
-                "rationale",
-                seeds[0],
-                "+",
-                None,
-                True,
-            )
         out.update(synth_stage(args, work, seeds[0]))
         print(
             f"synth: SmolLM2 passed {out['synth_pass_rate']:.1%} of {out['synth_generated']} replies at "
