@@ -39,9 +39,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from generation import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 JUNK = [
@@ -194,7 +195,7 @@ def run_datatrove(python: str, corpus: Path, work: Path, workers: int = 2) -> di
 def throughput(args) -> None:
     corpus = Path(args.corpus[0])
     docs, size = corpus_stats(corpus)
-    work = Path(tempfile.mkdtemp(prefix="slm-data-bench-"))
+    work = scratch("slm-data-bench-")
     times: dict[str, list[float]] = {"slm": [], "datatrove": []}
     for rnd in range(args.rounds):
         for name in ("datatrove", "slm") if rnd % 2 else ("slm", "datatrove"):
@@ -226,7 +227,7 @@ def memory(args) -> None:
     for c in args.corpus:
         corpus = Path(c)
         _, size = corpus_stats(corpus)
-        work = Path(tempfile.mkdtemp(prefix="slm-data-mem-"))
+        work = scratch("slm-data-mem-")
         # A fresh interpreter per corpus, so getrusage's children maximum belongs to this corpus alone.
         here = str(Path(__file__).parent)
         code = (
@@ -278,7 +279,7 @@ def neardup(args) -> None:
             label.append(kind)
     order = list(range(len(docs)))
     signer = Signer(DedupConfig(bands=args.bands, rows=args.rows))
-    work = Path(tempfile.mkdtemp())
+    work = scratch("slm-dedup-")
     np.save(work / "e.npy", np.array([signer.exact(docs[i]) for i in order], dtype=np.uint64))
     np.save(work / "b.npy", np.stack([signer.bands(docs[i]) for i in order]))
     exact, near = find_duplicates([work / "e.npy"], [work / "b.npy"], [len(docs)], True, True)

@@ -26,10 +26,13 @@ hf_tokens_per_sec_mixed32 (and the ratios).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import platform
 import random
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +49,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the benchmark exits: runs and model copies take gigabytes."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, True)
+    return work
 
 
 def cpu_flags() -> list[str]:

