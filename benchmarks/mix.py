@@ -106,12 +106,12 @@ def code_for(work: Path, folder: Path, jobs: int, proxies: int = 4, threads: int
     """A script training proxies of one fixed mixture, `jobs` at a time on `threads` (2 // jobs) each."""
     return (
         "import sys,json;from pathlib import Path;from slm.config import load_config;"
-        "from slm.mix.search import proxy_config;from slm.mix.sweep import run_sweep;"
+        "from slm.mix.search import proxy_config;from slm.sweep.runs import train_all;"
         f"cfg=load_config({str(REPO / 'recipes' / 'mix-builtin.toml')!r},[\"data.shards='{work / 'corpus'}'\"]);"
         "mix={'drama':0.2,'scripture':0.2,'definitions':0.15,'docs':0.2,'code':0.15,'spanish':0.1};"
         f"jobs=[(proxy_config(cfg,mix,{{'drama':1.0}},f'p{{i}}').model_dump_json(),Path({str(folder)!r})/f'p{{i}}')"
         f" for i in range({proxies})];"
-        f"run_sweep(jobs,[str(f) for _,f in jobs],'',{jobs},{threads or 2 // jobs},None,None,lambda m: None)"
+        f"train_all(jobs,[str(f) for _,f in jobs],'',{jobs},{threads or 2 // jobs},None,None,lambda m: None)"
     )
 
 

@@ -18,6 +18,7 @@ FLOORS = [
     {"infer"},
     {"train"},
     {"eval", "export", "report", "serve"},
+    {"sweep"},
     {"distill", "select", "mix", "sft", "rl", "synth"},
     {"quickstart"},
     {"cli"},

@@ -95,6 +95,8 @@ def world(tmp_path_factory) -> Path:
     (w / "prompts_blank.txt").write_text("\n\n")
     (w / "prompts_noprompt.jsonl").write_text('{"text": "a"}\n')
     (w / "outdir").mkdir()
+    (w / "sweepdir").mkdir()
+    (w / "sweepdir" / "sweep.json").write_text('{"recipe": "another.toml", "points": []}\n')
     (w / "taken.json").write_text("{}")
     (w / "long.txt").write_text("the " * 400)
     turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
@@ -332,6 +334,14 @@ CASES = [
     ("synth-check", "synth {w}/run --task {w}/rl_t/plain_problems.yaml --check regex:(x -o {w}/s", "regular expr"),
     ("synth-mc-task", "synth {w}/run --task {w}/task_mc.yaml -o {w}/s", "needs a generate task"),
     ("synth-out-exists", "synth {w}/run --task {w}/rl_t/plain_problems.yaml -o {w}/outdir", "exists; pass --force"),
+    # sweep
+    ("sweep-unknown-field", "sweep {w}/tiny.toml --grid train.lrr=1e-3,1e-2 -o {w}/sw", "did you mean 'lr'"),
+    ("sweep-bad-value", "sweep {w}/tiny.toml --grid train.lr=1e-3,-1 -o {w}/sw", "sweep run r001 (train.lr=-1)"),
+    ("sweep-range-order", "sweep {w}/tiny.toml --random 2 --range train.lr=1e-2:1e-4 -o {w}/sw", "must be below hi"),
+    ("sweep-range-alone", "sweep {w}/tiny.toml --range train.lr=1e-4:1e-2:log -o {w}/sw", "needs --random N"),
+    ("sweep-nothing", "sweep {w}/tiny.toml -o {w}/sw", "nothing to sweep"),
+    ("sweep-other-sweep", "sweep {w}/tiny.toml --grid train.lr=1e-3 -o {w}/sweepdir", "pass --force to start"),
+    ("sweep-mix-recipe", "sweep {w}/mix.toml --grid train.lr=1e-3 -o {w}/sw", "slm sweep trains plain"),
 ]
 
 
@@ -385,6 +395,7 @@ def test_the_suite_covers_every_command_and_enough_cases():
         "quickstart",
         "sft",
         "chat",
+        "sweep",
     ):
         assert name in commands, f"no bad-input case for slm {name}"
     assert len(CASES) >= 60

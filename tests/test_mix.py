@@ -134,12 +134,12 @@ def test_sweep_end_to_end_resumes_and_records_failures(corpus, tmp_path):
         run_mix(load_config(None, [*over, "mix.seed=9"]), out)
     # a proxy that diverges is recorded with its reason and left out of the fit
     bad = load_config(None, [*tiny(corpus, tmp_path, "train.lr=1e9", "train.grad_clip=0"), "data.mixture={news = 1.0}"])
-    from slm.mix.sweep import run_sweep
+    from slm.sweep.runs import train_all
 
     logs.clear()
-    run_sweep([(bad.model_dump_json(), tmp_path / "diverged")], ["proxy diverged"], "", 1, 1, None, None, logs.append)
+    train_all([(bad.model_dump_json(), tmp_path / "diverged")], ["proxy diverged"], "", 1, 1, None, None, logs.append)
     assert "loss is" in json.loads((tmp_path / "diverged" / "failed.json").read_text())["reason"]
-    assert any("proxy diverged failed: TrainingDiverged: loss is" in m for m in logs)
+    assert any("proxy diverged diverged: TrainingDiverged: loss is" in m for m in logs)
 
 
 def test_bad_mix_input(corpus, tmp_path):

@@ -557,6 +557,56 @@ def mix_validate_cmd(
     )
 
 
+@app.command("sweep")
+def sweep_cmd(
+    recipe: str = typer.Argument(..., help="TOML recipe for `slm train`, e.g. recipes/quickstart.toml."),
+    grid: list[str] = typer.Option(
+        [], "--grid", "-g", help="section.field=v1,v2,...: every value, crossed with the other grids (repeatable)."
+    ),
+    ranges: list[str] = typer.Option(
+        [], "--range", help="section.field=lo:hi or lo:hi:log, drawn --random times (repeatable)."
+    ),
+    draws: int = typer.Option(0, "--random", min=0, help="Draw this many random points instead of every combination."),
+    seed: int = typer.Option(0, help="Seed of the random draws."),
+    sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Sweep folder (default: out_dir/NAME-sweep)."),
+    jobs: int | None = typer.Option(None, help="Runs trained at once (default: one per core)."),
+    ray_address: str | None = typer.Option(None, help="Train the runs on Ray: 'auto', 'ray://host:10001', 'local'."),
+    metric: str = typer.Option("val_bpb", help="The summary figure shown in the table (all are in results.json)."),
+    force: bool = typer.Option(False, "--force", help="Start over when OUT holds another sweep."),
+) -> None:
+    """Train one recipe at many settings as independent runs; a results table and an HTML report.
+
+    Rerunning the same command resumes a killed sweep; a run that diverges is recorded with its step.
+    [bold]Example:[/] slm sweep recipes/quickstart.toml --grid train.lr=1e-3,3e-3,1e-2 --grid model.qk_norm=true,false
+    """
+    from slm.config import load_config
+    from slm.progress import progress
+    from slm.sweep.plan import parse_grid, parse_range
+    from slm.sweep.sweep import run_sweep
+
+    path = str(_recipe_path(recipe))
+    axes = [parse_grid(g) for g in grid] + [parse_range(r) for r in ranges]
+    if out is None:
+        cfg = load_config(path, sets)
+        out = Path(cfg.out_dir) / f"{cfg.name}-sweep"
+    with progress(console, "runs") as bar:
+        result = run_sweep(
+            path, sets, axes, out, draws, seed, jobs, ray_address, force, bar.print, lambda i, n: bar.update(i, n)
+        )
+    table = Table(title=f"sweep of {recipe}")
+    for col in ("run", *result["fields"], "status", metric):
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    for r in result["runs"]:
+        value = r.get(metric)
+        shown = f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+        if r["status"] == "diverged":
+            shown = f"diverged at step {r['diverged_step']}"
+        table.add_row(r["run"], *[str(r.get(f)) for f in result["fields"]], r["status"], shown)
+    console.print(table)
+    _say(f"results: {out / 'results.json'} · report: {out / 'report.html'}")
+
+
 @app.command("select")
 def select_cmd(
     data: Path = typer.Argument(

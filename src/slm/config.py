@@ -131,6 +131,9 @@ class TrainConfig(Section):
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
     z_loss: float = Field(0.0, ge=0.0)
+    stability_every: int = Field(
+        0, ge=0, description="log the largest attention logit and the output logits' scale every N steps (0: off)"
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
     seed: int = 1337

@@ -24,8 +24,17 @@ from slm.data.shards import Shards
 from slm.errors import SlmError
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
-from slm.mix.sweep import finished, run_sweep, target_value
 from slm.run import atomic_write_text
+from slm.sweep.runs import finished, train_all
+
+
+def target_value(summary: dict, target: dict[str, float], task: str = "") -> float:
+    """The number the sweep minimises: weighted held-out bpb of the target domains, or the task's answer bpb."""
+    if task:
+        return summary["task"]["answer_bpb"]
+    by = summary["val_bpb_by_domain"]
+    total = sum(target.values())
+    return sum(w * by[d] for d, w in target.items()) / total
 
 
 def mix_config(cfg: Config) -> MixConfig:
@@ -112,7 +121,7 @@ def run_mix(
     task = mix.target_task
     cores = os.cpu_count() or 1
     jobs = mix.jobs or cores
-    run_sweep(
+    train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
         [f"proxy {f.name}" for f in folders],
         task,

@@ -19,9 +19,9 @@ import numpy as np
 
 from slm.config import Config, apply_override, validate_config
 from slm.errors import SlmError
-from slm.mix.search import proxy_config
-from slm.mix.sweep import finished, run_sweep, target_value
+from slm.mix.search import proxy_config, target_value
 from slm.run import atomic_write_text, migrate_saved_config, read_json
+from slm.sweep.runs import finished, train_all
 
 
 def decision_accuracy(small: list[float], large: list[float]) -> tuple[float, int]:
@@ -65,7 +65,7 @@ def validate_sweep(
         for scale, name, f in jobs_list
     ]
     names = [f"{scale} {name}" for scale, name, _ in jobs_list]
-    run_sweep(cfgs, names, task, jobs, max(1, cores // jobs), None, progress, log)
+    train_all(cfgs, names, task, jobs, max(1, cores // jobs), None, progress, log)
 
     def value(folder: Path) -> float | None:
         s = folder / "summary.json"

@@ -170,6 +170,7 @@ class _Step:
     def __init__(self, cos, sin, mask, causal: bool, cache: KVCache | None, write, keys: int, blocks=None):
         self.cos, self.sin, self.mask, self.causal = cos, sin, mask, causal
         self.cache, self.write, self.keys, self.blocks = cache, write, keys, blocks
+        self.probe: list[float] | None = None  # Transformer.stability: each layer's largest attention logit
 
 
 # Decoding rows of different lengths reads every row's keys up to the longest row: memory-bound work that
@@ -214,6 +215,11 @@ class Attention(nn.Module):
         q = apply_rope(q.transpose(1, 2), step.cos, step.sin)
         k = apply_rope(k.transpose(1, 2), step.cos, step.sin)
         gqa = self.n_kv != self.n_head
+        if step.probe is not None:  # SDPA never shows its logits, so the probe computes them once more
+            keys = k.repeat_interleave(self.n_head // self.n_kv, dim=1) if gqa else k
+            logits = (q @ keys.transpose(-1, -2)).float() * self.hd**-0.5
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            step.probe.append(logits.masked_fill(~causal, float("-inf")).amax().item())
         if step.cache is None:
             y = F.scaled_dot_product_attention(
                 q,
@@ -322,6 +328,30 @@ class Transformer(nn.Module):
         for m in self.modules():
             if isinstance(m, Linear):
                 m.packed = None
+
+    @torch.no_grad()
+    def stability(self, idx: torch.Tensor) -> dict[str, float]:
+        """The two early signs of instability in "Small-scale proxies for large-scale Transformer training
+        instabilities" on a batch (B, T): attention-logit growth (the largest pre-softmax attention logit over
+        layers and heads) and output-logit divergence (the mean log-partition log Z of the output softmax,
+        which z-loss pulls to 0, and the largest output logit)."""
+        T = idx.size(1)
+        step = _Step(self.rope_cos[:T], self.rope_sin[:T], None, False, None, slice(0, T), T)
+        step.probe = []
+        was = self.training
+        self.eval()
+        try:
+            x = self.embed_tokens(idx)
+            for i, block in enumerate(self.layers):
+                x = block(x, step, i)
+            logits = self.logits(self.norm(x))
+        finally:
+            self.train(was)
+        return {
+            "attn_logit_max": max(step.probe),
+            "logit_lse_mean": torch.logsumexp(logits, dim=-1).mean().item(),
+            "logit_max": logits.abs().amax().item(),
+        }
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final hidden states."""

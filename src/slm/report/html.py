@@ -187,6 +187,17 @@ def render(runs: list[dict]) -> str:
             + "".join(f"<div class=plot>{p}</div>" for p in rl_plots if p)
             + "</div>"
         )
+    # train.stability_every: the early signs of instability (Wortsman et al.), absent unless turned on.
+    stability = [
+        _plot(runs, "attn_logit_max", "step", "largest attention logit", "logit"),
+        _plot(runs, "logit_lse_mean", "step", "output logits: mean log Z", "nats"),
+    ]
+    if any(stability):
+        parts.append(
+            "<h2>Stability</h2><div class=plots>"
+            + "".join(f"<div class=plot>{p}</div>" for p in stability if p)
+            + "</div>"
+        )
     eval_rows = []
     for r in runs:
         for task, res in r["eval"].get("tasks", {}).items():

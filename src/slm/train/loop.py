@@ -35,9 +35,16 @@ from slm.train.samples import write_samples
 from slm.train.schedule import lr_at
 from slm.train.tracking import Trackers
 
+# Rows of the step's last micro-batch that the stability probe reads: enough for a maximum, at a few % of a step.
+STABILITY_ROWS = 4
+
 
 class TrainingDiverged(SlmError):
-    pass
+    """The loss or the weights stopped being finite: a result for a sweep (at which step, which loss)."""
+
+    def __init__(self, message: str, step: int, loss: float):
+        super().__init__(message)
+        self.step, self.loss = step, loss
 
 
 @dataclass
@@ -234,7 +241,9 @@ def train(
             last = run.latest_checkpoint()
             raise TrainingDiverged(
                 f"the weights hold NaN or infinity at step {step}; not saved. Last good checkpoint: "
-                f"{last or 'none'}. Lower train.lr or enable train.z_loss, then --resume"
+                f"{last or 'none'}. Lower train.lr or enable train.z_loss, then --resume",
+                step,
+                loss_val,
             )
         try:
             save_checkpoint(run, raw_model, optimizer, step, meta, cfg.train.keep_checkpoints)
@@ -295,7 +304,9 @@ def train(
                     last = run.latest_checkpoint()
                     raise TrainingDiverged(
                         f"loss is {loss_val} at step {step}; stopped before updating the weights. "
-                        f"Last good checkpoint: {last or 'none'}. Lower train.lr or enable train.z_loss, then --resume"
+                        f"Last good checkpoint: {last or 'none'}. Lower train.lr or enable train.z_loss, then --resume",
+                        step,
+                        loss_val,
                     )
                 gnorm = (
                     torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip).item()
@@ -306,6 +317,9 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 extra = objective.end_step(step, loss_val)
                 done = step + 1
+                if d.master and cfg.train.stability_every and done % cfg.train.stability_every == 0:
+                    probe = raw_model.stability(batch.inputs[:STABILITY_ROWS])
+                    log({"step": done, "tokens": tokens_seen + step_tokens, **probe})
                 if d.world > 1:  # every process draws different micro-batches of the same step
                     t = torch.tensor([step_tokens], device=device)
                     dist.all_reduce(t)

@@ -1,0 +1,160 @@
+"""`slm sweep RECIPE --grid ... [--random N --range ...]`: one recipe trained at many settings.
+
+OUT/
+  sweep.json     the recipe, the overrides and every point (a rerun checks it is the same sweep)
+  shared/        tokenizer and shards made once for every run, when nothing swept changes them
+  runs/rNNN/     one run folder per point (summary.json when finished, failed.json with the reason)
+  results.json   one row per run: its values, status, every number of its summary, a divergence's step
+  results.csv    the same table for a spreadsheet
+  report.html    each metric against the swept field, one line per other setting (or a heat map)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from slm.config import Config, read_toml
+from slm.errors import SlmError
+from slm.run import Run, atomic_write_text
+from slm.sweep.plan import Axis, configs, points
+from slm.sweep.runs import failure, finished, train_all
+
+# Swept fields under these change the tokenizer or the tokens, so each run then prepares its own data.
+DATA_SECTIONS = ("tokenizer.", "data.")
+# What the training loop's stability probe logs (model.transformer.Transformer.stability).
+STABILITY = ("attn_logit_max", "logit_lse_mean", "logit_max")
+
+
+def plan_of(recipe: str | None, sets: list[str], axes: list[Axis], draws: int, seed: int) -> dict[str, Any]:
+    pts = points(axes, draws, seed)
+    return {
+        "recipe": str(recipe) if recipe else None,
+        "recipe_toml": read_toml(recipe) if recipe else {},
+        "sets": list(sets),
+        "axes": [asdict(a) for a in axes],
+        "random": draws,
+        "seed": seed,
+        "points": [{"name": f"r{i:03d}", "values": p} for i, p in enumerate(pts)],
+    }
+
+
+def claim(out: Path, plan: dict[str, Any], force: bool) -> None:
+    """OUT belongs to one sweep: another recipe, grid or seed there is refused unless --force starts over."""
+    path = out / "sweep.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != json.loads(json.dumps(plan)):
+            if not force:
+                raise SlmError(
+                    f"{out} holds a sweep of another recipe, grid or seed; pass --force to start it over "
+                    "or choose another --out"
+                )
+            for name in ("runs", "shared", "results.json", "results.csv", "report.html"):
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+
+
+def share_data(cfgs: list[Config], axes: list[Axis], out: Path, log: Callable[[str], None]) -> None:
+    """Tokenize once for all runs when no swept field touches the tokenizer or the data."""
+    if cfgs[0].data.shards or cfgs[0].train.init or any(a.field.startswith(DATA_SECTIONS) for a in axes):
+        return
+    from slm.train.setup import prepare_run
+
+    shared = Run(out / "shared")
+    if not (shared.data_dir / "manifest.json").exists():
+        log(f"preparing the tokenizer and shards once for every run in {shared.path}")
+        prepare_run(cfgs[0], shared, log)
+    for c in cfgs:
+        c.data.shards = str(shared.data_dir.resolve())
+
+
+def run_sweep(
+    recipe: str | None,
+    sets: list[str],
+    axes: list[Axis],
+    out: Path,
+    draws: int = 0,
+    seed: int = 0,
+    jobs: int | None = None,
+    ray_address: str | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    if not axes:
+        raise SlmError("nothing to sweep: add --grid section.field=v1,v2 or --random N with --range")
+    out = Path(out).absolute()  # Ray workers may start elsewhere: every path they get is absolute
+    plan = plan_of(recipe, sets, axes, draws, seed)
+    names = [p["name"] for p in plan["points"]]
+    cfgs = configs(recipe, sets, [p["values"] for p in plan["points"]], names)  # all validated before any work
+    claim(out, plan, force)
+    share_data(cfgs, axes, out, log)
+    folders = [out / "runs" / n for n in names]
+    cores = os.cpu_count() or 1
+    jobs = jobs or (len(cfgs) if ray_address else min(cores, len(cfgs)))
+    threads = max(1, cores // jobs) if not ray_address else max(1, cfgs[0].train.threads or 1)
+    train_all(
+        [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
+        [f"run {n}" for n in names],
+        "",
+        jobs,
+        threads,
+        ray_address,
+        progress,
+        log,
+    )
+    return collect(out)
+
+
+def peaks(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """The largest value each stability signal reached during a run (train.stability_every > 0)."""
+    return {k: max(m[k] for m in metrics if k in m) for k in STABILITY if any(k in m for m in metrics)}
+
+
+def collect(out: Path) -> dict[str, Any]:
+    """results.json, results.csv and report.html from the run folders as they are now."""
+    from slm.sweep.report import write_sweep_report
+
+    plan = json.loads((out / "sweep.json").read_text())
+    rows = []
+    for p in plan["points"]:
+        folder = out / "runs" / p["name"]
+        row: dict[str, Any] = {"run": p["name"], **p["values"]}
+        if finished(folder):
+            summary = json.loads((folder / "summary.json").read_text())
+            row["status"] = "ok"
+            row.update({k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+            row.update(peaks(Run(folder).metrics()))
+        elif (why := failure(folder)) is not None:
+            row["status"] = "diverged" if "diverged" in why else "failed"
+            if "diverged" in why:
+                row["diverged_step"] = why["diverged"]["step"]
+                row["last_logged_loss"] = why["diverged"]["last_logged_loss"]
+            row["reason"] = why["reason"].splitlines()[0][:300]
+        else:
+            row["status"] = "not run"
+        rows.append(row)
+    fields = [a["field"] for a in plan["axes"]]
+    result = {"fields": fields, "runs": rows}
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    write_sweep_report(result, out / "report.html")
+    return result
