@@ -155,6 +155,8 @@ CASES = [
     ("train-bad-toml", "train {w}/bad.toml -o {w}/t", "not valid TOML"),
     ("train-distill-recipe", "train {w}/distill.toml -o {w}/t", "run it with `slm distill`"),
     ("train-mix-recipe", "train {w}/mix.toml -o {w}/t", "slm mix run"),
+    ("train-decay-at-cosine", "train --resume {w}/run --decay-at 6 -o {w}/br", "uses the cosine schedule"),
+    ("train-decay-at-alone", "train {w}/tiny.toml --decay-at 6 -o {w}/br", "pass --resume RUN and --out NEW"),
     ("train-resume-nothing", "train --resume {w}/nothing", "not a run folder"),
     ("train-resume-below", "train --resume {w}/run --set train.max_steps=6", "below the checkpoint's step 12"),
     ("train-resume-shape", "train --resume {w}/run --set model.d_model=64", "do not fit the model's shape"),

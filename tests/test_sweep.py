@@ -74,28 +74,32 @@ def test_sweep_trains_records_divergence_resumes_and_reports(corpus, tmp_path):
     path = recipe(tmp_path, corpus)
     out = tmp_path / "sweep"
     logs: list[str] = []
-    axes = [parse_grid("train.lr=3e-3,1e9"), parse_grid("model.qk_norm=true,false")]
+    axes = [parse_grid("train.lr=3e-3,1e-2,1e9"), parse_grid("model.qk_norm=true,false")]
     result = run_sweep(str(path), [], axes, out, jobs=2, log=logs.append)
     rows = {r["run"]: r for r in result["runs"]}
-    assert [rows[n]["status"] for n in ("r000", "r001", "r002", "r003")] == ["ok", "ok", "diverged", "diverged"]
-    for n in ("r000", "r001"):
+    assert [r["status"] for r in result["runs"]] == ["ok"] * 4 + ["diverged"] * 2
+    for n in ("r000", "r001", "r002", "r003"):
         assert 0 < rows[n]["val_bpb"] < 20 and rows[n]["attn_logit_max"] > 0
-    assert rows["r002"]["diverged_step"] >= 0 and "loss is" in rows["r002"]["reason"]
-    assert any("run r002 diverged: TrainingDiverged" in m for m in logs)
+    assert rows["r004"]["diverged_step"] >= 0 and "loss is" in rows["r004"]["reason"]
+    assert any("run r004 diverged: TrainingDiverged" in m for m in logs)
+    # early signals: train loss part-way through, ranked against the final bits-per-byte of the 4 finished runs
+    early = result["early_signals"]
+    assert early["runs"] == 4 and early["target"] == "val_bpb"
+    assert {"loss@10%", "loss@25%", "loss@50%"} <= set(early) and all(-1 <= early[k] <= 1 for k in early if "@" in k)
     # the tokenizer and shards were made once, and every run read them
     assert (out / "shared" / "data" / "manifest.json").exists()
     assert not (out / "runs" / "r000" / "data").exists()
     cfg = (out / "runs" / "r001" / "config.toml").read_text()
     assert "qk_norm = false" in cfg and "lr = 0.003" in cfg
     page = (out / "report.html").read_text()
-    assert page.count("<svg") >= 2 and "r003" in page and "diverged" in page
+    assert page.count("<svg") >= 2 and "r005" in page and "diverged" in page and "Early signals" in page
     assert (out / "results.csv").read_text().splitlines()[0].startswith("run,train.lr,model.qk_norm,status")
 
     # rerun: finished and diverged runs are not trained again
     stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in (out / "runs").glob("r00[01]")}
     logs.clear()
     run_sweep(str(path), [], axes, out, jobs=2, log=logs.append)
-    assert any("resuming: 4 of 4" in m for m in logs)
+    assert any("resuming: 6 of 6" in m for m in logs)
     assert {p: (p / "summary.json").stat().st_mtime_ns for p in stamps} == stamps
 
     # another grid in the same folder is refused, unless --force starts over

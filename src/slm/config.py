@@ -126,6 +126,9 @@ class TrainConfig(Section):
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = Field(50, ge=0)
     decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd: share of steps spent decaying")
+    decay_start: int | None = Field(
+        None, ge=0, description="wsd: the step the decay begins (default: max_steps less decay_fraction of it)"
+    )
     weight_decay: float = Field(0.1, ge=0.0)
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.95, ge=0.0, lt=1.0)

@@ -143,6 +143,16 @@ def write_sweep_report(result: dict, path: Path, metrics: list[str] | None = Non
         "<h2>Runs</h2>",
         table,
     ]
+    early = result.get("early_signals") or {}
+    signals = {k: v for k, v in early.items() if "@" in k}
+    if signals:
+        parts += [
+            "<h2>Early signals</h2>",
+            f"<p class=muted>Spearman correlation, over the {early['runs']} finished runs, between each figure "
+            f"logged part-way through training and the final {html.escape(early['target'])}: 1 ranks the runs "
+            "exactly as they finish.</p>",
+            html_table(["figure @ share of training", "Spearman"], [[k, f"{v:.3f}"] for k, v in signals.items()]),
+        ]
     page = f"<!doctype html><html><head><meta charset=utf-8><title>slm sweep</title><style>{CSS}</style></head>"
     atomic_write_text(path, page + "<body>" + "\n".join(parts) + "</body></html>\n")
     return path

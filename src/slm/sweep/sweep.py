@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from slm.sweep.runs import failure, finished, train_all
 DATA_SECTIONS = ("tokenizer.", "data.")
 # What the training loop's stability probe logs (model.transformer.Transformer.stability).
 STABILITY = ("attn_logit_max", "logit_lse_mean", "logit_max")
+EARLY = (0.1, 0.25, 0.5)  # fractions of training at which early signals are read
 
 
 def plan_of(recipe: str | None, sets: list[str], axes: list[Axis], draws: int, seed: int) -> dict[str, Any]:
@@ -124,6 +126,35 @@ def peaks(metrics: list[dict[str, Any]]) -> dict[str, float]:
     return {k: max(m[k] for m in metrics if k in m) for k in STABILITY if any(k in m for m in metrics)}
 
 
+def at_fraction(metrics: list[dict[str, Any]], key: str, steps: int, frac: float) -> float | None:
+    """The value of key logged nearest to frac of the run's steps (within a tenth of the run), if any."""
+    have = [m for m in metrics if isinstance(m.get(key), int | float) and math.isfinite(m[key]) and "step" in m]
+    if not have:
+        return None
+    near = min(have, key=lambda m: abs(m["step"] - frac * steps))
+    return near[key] if abs(near["step"] - frac * steps) <= 0.1 * steps else None
+
+
+def early_signals(out: Path, rows: list[dict[str, Any]], target: str = "val_bpb") -> dict[str, Any]:
+    """How well each figure logged early (10, 25, 50 % of the steps) ranks the finished runs as their final
+    target does: Spearman's rho over the runs (the question of the E2LM competition)."""
+    from scipy.stats import spearmanr
+
+    ok = [r for r in rows if r["status"] == "ok" and isinstance(r.get(target), int | float)]
+    if len(ok) < 3:
+        return {}
+    logs = {r["run"]: Run(out / "runs" / r["run"]).metrics() for r in ok}
+    signals: dict[str, Any] = {"target": target, "runs": len(ok)}
+    for key in ("loss", "val_loss", "val_bpb"):
+        for frac in EARLY:
+            got = [(at_fraction(logs[r["run"]], key, r["steps"], frac), r[target]) for r in ok]
+            pairs = [(a, b) for a, b in got if a is not None]
+            if len(pairs) == len(ok) and len({a for a, _ in pairs}) > 1 and len({b for _, b in pairs}) > 1:
+                rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+                signals[f"{key}@{round(frac * 100)}%"] = round(float(rho), 3)
+    return signals
+
+
 def collect(out: Path) -> dict[str, Any]:
     """results.json, results.csv and report.html from the run folders as they are now."""
     from slm.sweep.report import write_sweep_report
@@ -148,7 +179,7 @@ def collect(out: Path) -> dict[str, Any]:
             row["status"] = "not run"
         rows.append(row)
     fields = [a["field"] for a in plan["axes"]]
-    result = {"fields": fields, "runs": rows}
+    result = {"fields": fields, "runs": rows, "early_signals": early_signals(out, rows)}
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
