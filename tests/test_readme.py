@@ -127,8 +127,10 @@ def tiny(cmd: str) -> str:
     argv = slm_argv(cmd)
     if argv is not None and argv[0] == "synth":  # a teacher's replies to a few prompts
         return cmd + " --limit 4"
-    if argv is None or argv[0] not in ("train", "quickstart", "distill", "mix", "sft", "rl"):
+    if argv is None or argv[0] not in ("train", "quickstart", "distill", "mix", "sft", "rl", "sweep"):
         return cmd
+    if "--decay-at" in argv:  # the shrunk run above keeps checkpoints at steps 2 and 4: branch from 2
+        return re.sub(r"--decay-at \d+", "--decay-at 2", cmd)
     if argv[0] == "rl":  # two steps of a group of two short replies to one prompt
         extra = ["train.max_steps=2", "train.batch_size=1", "rl.group=2", "rl.max_new_tokens=8", "rl.eval_limit=2"]
         extra += ["train.eval_every=1000"]
