@@ -336,6 +336,9 @@ CASES = [
     ("synth-check", "synth {w}/run --task {w}/rl_t/plain_problems.yaml --check regex:(x -o {w}/s", "regular expr"),
     ("synth-mc-task", "synth {w}/run --task {w}/task_mc.yaml -o {w}/s", "needs a generate task"),
     ("synth-out-exists", "synth {w}/run --task {w}/rl_t/plain_problems.yaml -o {w}/outdir", "exists; pass --force"),
+    # tokenizer compare
+    ("tokenizer-compare-not-one", "tokenizer compare {w}/heldout.txt --text {w}/heldout.txt", "is not a tokenizer"),
+    ("tokenizer-compare-no-text", "tokenizer compare {w}/run --text {w}/nothing.txt", "matches no file"),
     # sweep
     ("sweep-unknown-field", "sweep {w}/tiny.toml --grid train.lrr=1e-3,1e-2 -o {w}/sw", "did you mean 'lr'"),
     ("sweep-bad-value", "sweep {w}/tiny.toml --grid train.lr=1e-3,-1 -o {w}/sw", "sweep run r001 (train.lr=-1)"),

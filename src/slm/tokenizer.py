@@ -117,3 +117,23 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
         else:
             out[i] = len(piece.replace("▁", " ").encode("utf-8"))
     return out
+
+
+def byte_tokens(tok: Tokenizer) -> np.ndarray:
+    """True for each token id that stands for bytes rather than whole characters: a byte-fallback token
+    (<0xE3>) or a byte-level piece that is part of a character's UTF-8 bytes. A text written mostly in
+    such tokens is one the tokenizer barely knows (each character costs several tokens)."""
+    spec = json.loads(tok.to_str())
+    byte_level = "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+    dec = _byte_decoder()
+    vocab = tok.get_vocab(with_added_tokens=True)
+    out = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    for piece, i in vocab.items():
+        if _BYTE_FALLBACK.match(piece):
+            out[i] = True
+        elif byte_level and all(ch in dec for ch in piece):
+            try:
+                bytes(dec[ch] for ch in piece).decode("utf-8")
+            except UnicodeDecodeError:
+                out[i] = True
+    return out

