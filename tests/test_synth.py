@@ -120,3 +120,13 @@ def test_bad_requests_are_refused_before_anything_is_written(sft_run: Path, tmp_
     with pytest.raises(SlmError, match=phrase.replace("(", r"\(").replace("[", r"\[")):
         synthesize(SynthSettings(**{**base, **kw}), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_reply_cut_off_at_max_tokens_is_dropped_as_truncated(sft_run: Path, tmp_path: Path):
+    """The arithmetic checker falls back to a reply's last number, so a cut-off reply could pass: never kept."""
+    s = synthesize(settings(sft_run, samples=2, max_tokens=2, limit=10, check="none"), tmp_path / "o")
+    f = s["funnel"]["steps"]
+    assert f["length"]["dropped"].get("truncated", 0) == f["length"]["seen"] > 0
+    assert s["conversations"] == 0
+    full = synthesize(settings(sft_run, samples=2, limit=10, check="none"), tmp_path / "p")
+    assert "truncated" not in full["funnel"]["steps"]["length"]["dropped"] and full["conversations"] > 0

@@ -157,6 +157,9 @@ def synth_part(settings: dict[str, Any], out: str, part: int) -> dict:
                 funnel.drop("generate", "empty")
                 continue
             funnel.keep("generate")
+            if c.finish_reason == "length":  # cut off: a checker reading its last line could pass half a reply
+                funnel.drop("length", "truncated")
+                continue
             if len(text) < s.min_chars or len(text) > s.max_chars:
                 funnel.drop("length", "too_short" if len(text) < s.min_chars else "too_long")
                 continue
