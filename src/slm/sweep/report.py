@@ -19,7 +19,8 @@ from slm.run import atomic_write_text
 
 # The metrics plotted when present in the runs' summaries; any other val_* figure is added after them.
 METRICS = ("val_bpb", "val_loss", "train_loss", "attn_logit_max", "logit_lse_mean")
-COUNTS = ("val_tokens", "val_bytes")  # sizes of the held-out text, not figures of the model
+# sizes of the held-out text, not figures of the model; and perplexity, which is exp(val_loss) again
+COUNTS = ("val_tokens", "val_bytes", "val_ppl")
 
 
 def is_number(v: Any) -> bool:
@@ -75,8 +76,11 @@ def _heat(rows: list[dict], x: str, y: str, metric: str) -> str:
     im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r")
     ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs], rotation=45)
     ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
-    for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, "x" if math.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+    for (i, j), v in np.ndenumerate(grid):  # dark text on the light cells (low values in viridis_r), white on dark
+        dark = not math.isnan(v) and im.norm(v) > 0.5
+        ax.text(
+            j, i, "x" if math.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=7, color="w" if dark else "k"
+        )
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(f"{metric} (x: diverged, failed or not run)")
