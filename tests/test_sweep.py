@@ -124,6 +124,10 @@ def test_sweep_of_one_numeric_field_draws_lines_and_a_bad_value_is_named_first(c
     assert [r["status"] for r in result["runs"]] == ["ok", "ok"]
     page = (out / "report.html").read_text()
     assert "val_bpb against train.lr" in page and "lowest val_bpb" in page
+    # any number of the runs' summaries can lead the report; the rerun trains nothing
+    run_sweep(str(path), ["train.max_steps=4"], [parse_grid("train.lr=1e-3,1e-2")], out, jobs=1, metric="train_loss")
+    page = (out / "report.html").read_text()
+    assert "lowest train_loss" in page and page.index("train_loss against") < page.index("val_bpb against")
 
 
 def test_sweep_runs_on_a_local_ray_instance(corpus, tmp_path):

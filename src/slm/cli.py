@@ -622,7 +622,7 @@ def sweep_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Sweep folder (default: out_dir/NAME-sweep)."),
     jobs: int | None = typer.Option(None, help="Runs trained at once (default: one per core)."),
     ray_address: str | None = typer.Option(None, help="Train the runs on Ray: 'auto', 'ray://host:10001', 'local'."),
-    metric: str = typer.Option("val_bpb", help="The summary figure shown in the table (all are in results.json)."),
+    metric: str = typer.Option("val_bpb", help="The summary figure shown first (table, report); all are in results."),
     force: bool = typer.Option(False, "--force", help="Start over when OUT holds another sweep."),
 ) -> None:
     """Train one recipe at many settings as independent runs; a results table and an HTML report.
@@ -642,7 +642,18 @@ def sweep_cmd(
         out = Path(cfg.out_dir) / f"{cfg.name}-sweep"
     with progress(console, "runs") as bar:
         result = run_sweep(
-            path, sets, axes, out, draws, seed, jobs, ray_address, force, bar.print, lambda i, n: bar.update(i, n)
+            path,
+            sets,
+            axes,
+            out,
+            draws,
+            seed,
+            jobs,
+            ray_address,
+            force,
+            bar.print,
+            lambda i, n: bar.update(i, n),
+            metric,
         )
     table = Table(title=f"sweep of {recipe}")
     for col in ("run", *result["fields"], "status", metric):

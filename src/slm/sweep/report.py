@@ -123,9 +123,12 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def write_sweep_report(result: dict, path: Path, metrics: list[str] | None = None) -> Path:
+def write_sweep_report(result: dict, path: Path, metric: str = "val_bpb") -> Path:
+    """Every metric the runs have, the chosen one (any number in the runs' summaries) first."""
     rows, fields = result["runs"], result["fields"]
-    metrics = metrics or metrics_of(rows)
+    found = metrics_of(rows)
+    have = any(is_number(r.get(metric)) for r in rows)
+    metrics = [metric, *[m for m in found if m != metric]] if have else found
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "failed", "not run")}
     columns = ["run", *fields, "status", *metrics, "diverged_step", "reason"]
     shown = [c for c in columns if any(c in r for r in rows)]

@@ -95,6 +95,7 @@ def run_sweep(
     force: bool = False,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
+    metric: str = "val_bpb",
 ) -> dict[str, Any]:
     if not axes:
         raise SlmError("nothing to sweep: add --grid section.field=v1,v2 or --random N with --range")
@@ -118,7 +119,7 @@ def run_sweep(
         progress,
         log,
     )
-    return collect(out)
+    return collect(out, metric)
 
 
 def peaks(metrics: list[dict[str, Any]]) -> dict[str, float]:
@@ -155,8 +156,9 @@ def early_signals(out: Path, rows: list[dict[str, Any]], target: str = "val_bpb"
     return signals
 
 
-def collect(out: Path) -> dict[str, Any]:
-    """results.json, results.csv and report.html from the run folders as they are now."""
+def collect(out: Path, metric: str = "val_bpb") -> dict[str, Any]:
+    """results.json, results.csv and report.html (metric first: the lead line and the first plot) from the
+    run folders as they are now."""
     from slm.sweep.report import write_sweep_report
 
     plan = json.loads((out / "sweep.json").read_text())
@@ -187,5 +189,5 @@ def collect(out: Path) -> dict[str, Any]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    write_sweep_report(result, out / "report.html")
+    write_sweep_report(result, out / "report.html", metric)
     return result
