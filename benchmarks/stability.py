@@ -12,10 +12,10 @@ on and off, z-loss 0 and 1e-4, each run logging the stability probe (train.stabi
 Learning-rate sensitivity as the paper defines it: the mean over the learning rates of
 min(L(lr), L0) - L*, where L is the final validation loss (nats/token), L* the best over the range and L0
 the loss of the untrained model (ln of the vocabulary); a run that diverged counts as L0. Lower is more
-stable. Writes OUT/stability.html (loss and peak attention logit against learning rate, a panel per width)
-beside the sweep's own report (OUT: runs/stability unless --out; a rerun resumes), and ends with one JSON
-line holding lr_sensitivity_qknorm and lr_sensitivity_plain (at width 128, no z-loss) and every other
-setting's.
+stable. Writes OUT/stability.html and two PNGs (loss and peak attention logit against learning rate, a
+panel per width) beside the sweep's own report (OUT: runs/stability unless --out; a rerun resumes), and
+ends with one JSON line holding lr_sensitivity_qknorm and lr_sensitivity_plain (at width 128, no z-loss)
+and every other setting's.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def figure(rows: list[dict], widths: list[int], out: Path) -> None:
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(label)
         axes[0][0].legend(fontsize=8)
+        fig.savefig(out.parent / f"stability_{key}.png", dpi=80, bbox_inches="tight")  # for BENCHMARKS.md
         panels.append(svg(fig))
     body = "".join(f"<div class=plot>{p}</div>" for p in panels)
     page = f"<!doctype html><html><head><meta charset=utf-8><style>{CSS}</style></head><body>"
