@@ -88,6 +88,7 @@ def main() -> None:
     write_report(
         [out / n for n in ["wsd", "cosine", *branches, *[f"cosine-{e}" for e in ends.values()]]], out / "report.html"
     )
+    curves(out, ["wsd", "cosine", *branches, *[f"cosine-{e}" for e in ends.values()]], out / "schedules.png")
     for n, v in final.items():
         print(f"{n:<14} val_bpb {v:.4f}", flush=True)
     print(
@@ -104,6 +105,30 @@ def main() -> None:
             }
         )
     )
+
+
+def curves(out: Path, names: list[str], png: Path) -> None:
+    """Validation bits-per-byte against step for every run, one PNG (for BENCHMARKS.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slm.run import Run
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name in names:
+        pts = [(m["step"], m["val_bpb"]) for m in Run(out / name).metrics() if "val_bpb" in m]
+        style = "-" if name in ("wsd", "cosine") else ("--" if name.startswith("wsd-at") else ":")
+        color = "C0" if name.startswith("wsd") else "C1"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3, color=color, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation bits-per-byte")
+    ax.set_ylim(top=min(3.2, ax.get_ylim()[1]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.savefig(png, dpi=80, bbox_inches="tight")
+    plt.close(fig)
 
 
 def branch_config(path: Path):
