@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "schedules")
     ap.add_argument("--quick", action="store_true", help="200 steps")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe overrides for every run")
     args = ap.parse_args()
     os.chdir(REPO)  # the recipe's data paths are relative to the checkout
     from rich.console import Console
@@ -62,7 +63,7 @@ def main() -> None:
             for e in ends.values()
         },
     }
-    cfgs = {name: load_config("recipes/quickstart.toml", [*common, *extra]) for name, extra in plan.items()}
+    cfgs = {name: load_config("recipes/quickstart.toml", [*common, *extra, *args.sets]) for name, extra in plan.items()}
     share_data(list(cfgs.values()), [], out, say)
     t0 = time.perf_counter()
     train_all(

@@ -1,7 +1,7 @@
 """Does a tokenizer trained for the language beat a general one at equal model size ("Regional Tiny
 Stories")? Spanish, German and Russian, each with three tokenizers, compared in held-out bits-per-byte.
 
-    python benchmarks/tokenizers.py [--steps 300] [--fortunes DIR] [--out runs/tokenizers]
+    python benchmarks/tokenizer_languages.py [--steps 300] [--fortunes DIR] [--out runs/tokenizers]
 
 Text: Spanish is the built-in domain (data/builtin/spanish); German and Russian are Debian's fortunes-de
 and fortunes-ru (GPL: never committed; fetched at run time with `apt-get download` and unpacked with
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--fortunes", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "tokenizers")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe overrides for every run")
     args = ap.parse_args()
     os.chdir(REPO)
     from rich.console import Console
@@ -102,6 +103,7 @@ def main() -> None:
                     f"train.eval_every={args.steps}",
                     f"train.ckpt_every={args.steps}",
                     "sample.prompts=[]",
+                    *args.sets,
                 ],
             )
             jobs.append((cfg.model_dump_json(), out / "runs" / f"{lang}-{kind}"))
