@@ -125,7 +125,6 @@ def curves(out: Path, names: list[str], png: Path) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3, color=color, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("validation bits-per-byte")
-    ax.set_ylim(top=min(3.2, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.savefig(png, dpi=80, bbox_inches="tight")
