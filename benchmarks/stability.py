@@ -82,6 +82,8 @@ def figure(rows: list[dict], widths: list[int], out: Path) -> None:
                 if bad and key == "val_loss":
                     ax.plot(bad, [math.log(VOCAB)] * len(bad), "x", color=f"C{int(qk)}", markersize=9, mew=2)
             ax.set_xscale("log")
+            if key == "attn_logit_max":  # it grows by orders of magnitude without QK-norm
+                ax.set_yscale("log")
             ax.set_title(f"d_model {w}")
             ax.set_xlabel("learning rate")
             ax.grid(alpha=0.3)
