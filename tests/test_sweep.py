@@ -168,3 +168,22 @@ def test_stability_probe_matches_the_attention_and_output_logits():
     with torch.no_grad():
         attn.q_proj.weight.mul_(3.0)
     assert model.stability(idx)["attn_logit_max"] == pytest.approx(3 * got["attn_logit_max"], rel=1e-4)
+
+
+def test_report_draws_a_heat_map_for_two_numeric_fields_and_marks_what_did_not_finish(tmp_path):
+    from slm.sweep.report import plots, write_sweep_report
+
+    rows = [
+        {"run": f"r{i}", "train.lr": lr, "model.d_model": d, "status": "ok", "val_bpb": 2.0 + lr + d / 1000}
+        for i, (lr, d) in enumerate((lr, d) for lr in (1e-3, 1e-2) for d in (32, 64))
+    ]
+    rows[3].update(status="diverged", diverged_step=7, val_bpb=None)
+    result = {"fields": ["train.lr", "model.d_model"], "runs": rows}
+    page = write_sweep_report(result, tmp_path / "r.html").read_text()
+    assert page.count("<svg") == 1 and "val_bpb (x: diverged, failed or not run)" in page  # a heat map
+    assert "lowest val_bpb: <b>2.0330</b>" in page and "1 diverged" in page
+    # one numeric field and one categorical: lines, one per setting of the other
+    cat = [{**r, "model.d_model": str(r["model.d_model"])} for r in rows]
+    figs = plots({"fields": ["train.lr", "model.d_model"], "runs": cat}, ["val_bpb"])
+    labels = re.findall(r"<!-- ([^>]*) -->", figs[0])  # matplotlib keeps each text as a comment
+    assert len(figs) == 1 and "d_model='32'" in labels and "d_model='64'" in labels
