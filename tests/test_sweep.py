@@ -3,6 +3,7 @@ recorded as a result, the table and the report; the training loop's stability pr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
