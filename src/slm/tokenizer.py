@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -99,22 +99,33 @@ def _byte_decoder() -> dict[str, int]:
 _BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
-def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
-    """Bytes of text each token id stands for (0 for special tokens): the denominator of bits-per-byte."""
+def _pieces(tok: Tokenizer) -> Iterator[tuple[int, str, str]]:
+    """Each token id, its piece, and how the piece spells text: "special" (no text), "bytes" (a byte-level
+    piece, one character per byte), "fallback" (<0xE3>, one byte) or "text" (its own UTF-8, ▁ a space)."""
     spec = json.loads(tok.to_str())
     byte_level = "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
     special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
     dec = _byte_decoder()
-    vocab = tok.get_vocab(with_added_tokens=True)
-    out = np.zeros(max(vocab.values()) + 1, dtype=np.int32)
-    for piece, i in vocab.items():
+    for piece, i in tok.get_vocab(with_added_tokens=True).items():
         if i in special:
-            continue
-        if byte_level and all(ch in dec for ch in piece):
-            out[i] = len(piece)
+            yield i, piece, "special"
+        elif byte_level and all(ch in dec for ch in piece):
+            yield i, piece, "bytes"
         elif _BYTE_FALLBACK.match(piece):
-            out[i] = 1
+            yield i, piece, "fallback"
         else:
+            yield i, piece, "text"
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """Bytes of text each token id stands for (0 for special tokens): the denominator of bits-per-byte."""
+    out = np.zeros(max(tok.get_vocab(with_added_tokens=True).values()) + 1, dtype=np.int32)
+    for i, piece, kind in _pieces(tok):
+        if kind == "bytes":
+            out[i] = len(piece)
+        elif kind == "fallback":
+            out[i] = 1
+        elif kind == "text":
             out[i] = len(piece.replace("▁", " ").encode("utf-8"))
     return out
 
@@ -123,15 +134,12 @@ def byte_tokens(tok: Tokenizer) -> np.ndarray:
     """True for each token id that stands for bytes rather than whole characters: a byte-fallback token
     (<0xE3>) or a byte-level piece that is part of a character's UTF-8 bytes. A text written mostly in
     such tokens is one the tokenizer barely knows (each character costs several tokens)."""
-    spec = json.loads(tok.to_str())
-    byte_level = "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
     dec = _byte_decoder()
-    vocab = tok.get_vocab(with_added_tokens=True)
-    out = np.zeros(max(vocab.values()) + 1, dtype=bool)
-    for piece, i in vocab.items():
-        if _BYTE_FALLBACK.match(piece):
+    out = np.zeros(max(tok.get_vocab(with_added_tokens=True).values()) + 1, dtype=bool)
+    for i, piece, kind in _pieces(tok):
+        if kind == "fallback":
             out[i] = True
-        elif byte_level and all(ch in dec for ch in piece):
+        elif kind == "bytes":
             try:
                 bytes(dec[ch] for ch in piece).decode("utf-8")
             except UnicodeDecodeError:

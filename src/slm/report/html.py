@@ -126,6 +126,11 @@ def _loss_plot(runs: list[dict]) -> str | None:
     return svg(fig)
 
 
+def _section(title: str, plots: list[str | None]) -> str:
+    """A heading and its plots in the page's grid (plots that are None, for want of data, left out)."""
+    return f"<h2>{title}</h2><div class=plots>" + "".join(f"<div class=plot>{p}</div>" for p in plots if p) + "</div>"
+
+
 def html_table(headers: list[str], rows: list[list[Any]]) -> str:
     """An escaped HTML table (shared by every report page)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
@@ -167,9 +172,7 @@ def render(runs: list[dict]) -> str:
         _plot(runs, "tokens_per_sec", "step", "throughput", "tokens/s"),
         _plot(runs, "grad_norm", "step", "gradient norm (before clipping)", "norm", logy=True),
     ]
-    parts.append(
-        "<h2>Training</h2><div class=plots>" + "".join(f"<div class=plot>{p}</div>" for p in plots if p) + "</div>"
-    )
+    parts.append(_section("Training", plots))
     if plots[1] is None and any(_series(r, "val_bpb") for r in runs):
         parts.append("<p class=muted>One validation evaluation per run: its bits-per-byte is in the summary.</p>")
     # `slm rl` runs: what the rollouts earned and how far the policy moved (absent from other runs).
@@ -182,22 +185,14 @@ def render(runs: list[dict]) -> str:
         _plot(runs, "clip_fraction", "step", "clipped share of tokens", "share"),
     ]
     if any(rl_plots):
-        parts.append(
-            "<h2>Reinforcement learning</h2><div class=plots>"
-            + "".join(f"<div class=plot>{p}</div>" for p in rl_plots if p)
-            + "</div>"
-        )
+        parts.append(_section("Reinforcement learning", rl_plots))
     # train.stability_every: the early signs of instability (Wortsman et al.), absent unless turned on.
     stability = [
         _plot(runs, "attn_logit_max", "step", "largest attention logit", "logit"),
         _plot(runs, "logit_lse_mean", "step", "output logits: mean log Z", "nats"),
     ]
     if any(stability):
-        parts.append(
-            "<h2>Stability</h2><div class=plots>"
-            + "".join(f"<div class=plot>{p}</div>" for p in stability if p)
-            + "</div>"
-        )
+        parts.append(_section("Stability", stability))
     eval_rows = []
     for r in runs:
         for task, res in r["eval"].get("tasks", {}).items():

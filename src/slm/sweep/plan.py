@@ -4,6 +4,7 @@ Every point's config is validated before anything trains, so a bad value is name
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -117,18 +118,25 @@ def _toml(v: Any) -> str:
     return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
 
 
-def configs(recipe: str | None, sets: list[str], pts: list[dict[str, Any]], names: list[str]) -> list[Config]:
-    """Each point's config, validated now: a bad value is named with the run it belongs to."""
+def configs(
+    recipe: str | None, raw: dict[str, Any], sets: list[str], pts: list[dict[str, Any]], names: list[str]
+) -> list[Config]:
+    """Each point's config from the recipe's TOML (raw), validated now: a bad value is named with the run it
+    belongs to, and a recipe for another command is refused as `slm train` refuses it."""
+    from slm.train.objective import Objective
+    from slm.train.start import check_recipe
+
     out = []
     for name, point in zip(names, pts, strict=True):
         shown = " ".join(overrides(point))
         try:
-            cfg = load_recipe(Config, recipe, [*sets, *overrides(point)])
+            cfg = load_recipe(Config, recipe, [*sets, *overrides(point)], raw=copy.deepcopy(raw))
         except SlmError as e:
             raise SlmError(f"sweep run {name} ({shown}): {e}") from None
-        for table in ("mix", "distill", "sft", "rl"):
-            if getattr(cfg, table) is not None:
-                raise SlmError(f"{recipe} has a [{table}] table; slm sweep trains plain `slm train` recipes")
-        cfg.name = name
+        try:
+            check_recipe(cfg, Objective(cfg), str(recipe))  # type: ignore[arg-type]
+        except SlmError as e:
+            raise SlmError(f"{e}; slm sweep trains plain `slm train` recipes") from None
+        cfg.name = name  # type: ignore[attr-defined]
         out.append(cfg)  # type: ignore[arg-type]
     return out

@@ -36,6 +36,8 @@ EARLY = (0.1, 0.25, 0.5)  # fractions of training at which early signals are rea
 
 
 def plan_of(recipe: str | None, sets: list[str], axes: list[Axis], draws: int, seed: int) -> dict[str, Any]:
+    """What the sweep trains, written to sweep.json: the recipe's own TOML is kept, so an edited recipe is
+    another sweep, and every point's config is made from it."""
     pts = points(axes, draws, seed)
     return {
         "recipe": str(recipe) if recipe else None,
@@ -102,7 +104,8 @@ def run_sweep(
     out = Path(out).absolute()  # Ray workers may start elsewhere: every path they get is absolute
     plan = plan_of(recipe, sets, axes, draws, seed)
     names = [p["name"] for p in plan["points"]]
-    cfgs = configs(recipe, sets, [p["values"] for p in plan["points"]], names)  # all validated before any work
+    # all validated before any work
+    cfgs = configs(recipe, plan["recipe_toml"], sets, [p["values"] for p in plan["points"]], names)
     claim(out, plan, force)
     share_data(cfgs, axes, out, log)
     folders = [out / "runs" / n for n in names]

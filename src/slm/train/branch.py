@@ -15,6 +15,7 @@ from pathlib import Path
 from slm.config import Config
 from slm.errors import SlmError
 from slm.run import Run, atomic_write_text
+from slm.train.schedule import wsd_decay_start
 
 
 def branch_decay(source: Path, step: int, out: Path, sets: list[str] | None = None) -> Config:
@@ -35,7 +36,7 @@ def branch_decay(source: Path, step: int, out: Path, sets: list[str] | None = No
             f"{source} has no checkpoint at step {step} (it has: {have}); train it with train.ckpt_every and "
             "train.keep_checkpoints that keep the steps you want to branch from"
         )
-    own = t.decay_start if t.decay_start is not None else t.max_steps - round(t.decay_fraction * t.max_steps)
+    own = wsd_decay_start(t)
     if step > own:
         raise SlmError(f"step {step} of {source} is inside its decay (from step {own}); branch from the stable phase")
     if Run(out).latest_checkpoint() is not None or (out / "config.toml").exists():

@@ -317,15 +317,15 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 extra = objective.end_step(step, loss_val)
                 done = step + 1
-                if d.master and cfg.train.stability_every and done % cfg.train.stability_every == 0:
-                    probe = raw_model.stability(batch.inputs[:STABILITY_ROWS])
-                    log({"step": done, "tokens": tokens_seen + step_tokens, **probe})
                 if d.world > 1:  # every process draws different micro-batches of the same step
                     t = torch.tensor([step_tokens], device=device)
                     dist.all_reduce(t)
                     step_tokens = int(t.item())
                 tokens_seen += step_tokens
                 tokens_since_log += step_tokens
+                if d.master and cfg.train.stability_every and done % cfg.train.stability_every == 0:
+                    probe = raw_model.stability(batch.inputs[:STABILITY_ROWS])
+                    log({"step": done, "tokens": tokens_seen, **probe})
 
                 if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
                     if d.world > 1:
