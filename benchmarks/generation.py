@@ -28,10 +28,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import os
 import platform
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +66,36 @@ def cpu_flags() -> list[str]:
         flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
     except (OSError, StopIteration):
         return []
-    return [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+
+
+# Environment variables that make PyTorch's own kernels, oneDNN and MKL use no more than a given instruction
+# set: a CPU with AVX-512 then trains as a CPU of that class would (same kernels, dtype auto falls back to
+# float32), though its clock and caches stay its own. With torch.compile, give the restricted runs a
+# TORCHINDUCTOR_CACHE_DIR of their own: inductor's cache does not key on these variables, and its kernels
+# compiled without them, reused under them, trained to a NaN loss at step 1.
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
+def machine(env: dict[str, str] | None = None) -> dict[str, object]:
+    """The CPU, its relevant features, and what PyTorch makes of them under env (in a fresh process, as the
+    variables are read once): its kernels' instruction set and the dtype `train.dtype = "auto"` picks."""
+    probe = (
+        "import json, torch; from slm.train.loop import choose_dtype; d = torch.device('cpu'); "
+        "print(json.dumps([torch.backends.cpu.get_cpu_capability(), *choose_dtype('auto', d)]))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True
+    )
+    capability, dtype, why = json.loads(p.stdout.strip().splitlines()[-1])
+    return {
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "torch_cpu_capability": capability,
+        "auto_dtype": dtype,
+        "auto_dtype_why": why,
+        "isa_env": env or {},
+    }
 
 
 def prompts_of(tok, lengths: list[int]) -> list[list[int]]:

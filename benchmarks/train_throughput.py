@@ -3,6 +3,8 @@
     python benchmarks/train_throughput.py --n-layer 4 --n-head 4 --d-model 128 --seq-len 256 \
         --batch-size 16 --vocab-size 4096 --steps 30
 
+The line names the CPU, its features and the dtype `auto` picks there. To measure as on a CPU with AVX2
+but no AVX-512, set the variables in benchmarks/generation.py's ISA_ENV["avx2"] before the command.
 Random token ids stand in for data (throughput does not depend on the text); the first --warmup steps
 are not timed. It runs the same code path as `slm train`: the model, fused AdamW, clipping, autocast.
 """
@@ -15,6 +17,7 @@ import os
 import time
 
 import torch
+from generation import machine
 
 from slm.config import Config, validate_config
 from slm.model.transformer import Transformer
@@ -32,11 +35,12 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--qk-norm", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators over 5 steps")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -58,7 +62,7 @@ def main() -> None:
     device = torch.device(args.device)
     model = Transformer(cfg.model, args.vocab_size).to(device)
     opt = make_optimizer(model, cfg, device)
-    autocast, _ = autocast_for(args.dtype, device)
+    autocast, dtype = autocast_for(args.dtype, device)
     step_model = torch.compile(model) if args.compile else model
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
 
@@ -73,6 +77,13 @@ def main() -> None:
 
     for _ in range(args.warmup):
         step()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()  # .item() in step() waits for the device, so the clock measures finished work
@@ -91,11 +102,12 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "vocab_size": args.vocab_size,
                 "steps": args.steps,
-                "dtype": args.dtype,
+                "dtype": dtype,
                 "compile": args.compile,
                 "threads": torch.get_num_threads(),
                 "device": args.device,
                 "params": model.num_params(False),
+                **machine(),
             }
         )
     )

@@ -9,7 +9,11 @@ throughput  Same shape (4 layers, 4 heads, d_model 128, sequence 256, batch 16, 
             no gradient accumulation), same token shards. nanoGPT's train.py vs `slm train`, both full
             training loops on real data, alternated `--rounds` times. Median per-step tokens/s, first
             steps skipped. nanoGPT runs with --compile=False (its CPU instructions); slm with its
-            defaults (dtype auto = bf16 autocast on this CPU) and, for reference, with fp32.
+            defaults (dtype auto: bf16 autocast where the CPU does bf16 natively) and in fp32.
+            --compile adds both tools with torch.compile (nanoGPT --compile=True, slm train.compile=true
+            in fp32); the first step's extra time (compilation) is reported apart from the throughput.
+            --isa avx2 runs both tools as on a CPU with AVX2 but no AVX-512 (PyTorch's kernels, oneDNN
+            and MKL restricted to AVX2 through their environment variables; dtype auto then picks fp32).
 quality     nanoGPT's CPU Shakespeare recipe from its README (character level, 4x128, block 64, batch 12,
             2000 iterations) is timed; then slm trains the quickstart recipe for the steps that fit in
             the same wall-clock. Both are scored by bits-per-byte on the whole of Macbeth.
@@ -33,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from generation import scratch
+from generation import ISA_ENV, machine, scratch
 
 from slm.run import Run
 
@@ -42,11 +46,12 @@ SHAPE = {"n_layer": 4, "n_head": 4, "d_model": 128, "seq_len": 256, "batch_size"
 
 
 DEVICE = "cpu"  # --device: nanoGPT is told; slm trains on CUDA whenever it sees a GPU, so cpu hides the GPUs
+ISA: dict[str, str] = {}  # --isa: environment variables that restrict both tools' kernels
 
 
 def sh(cmd: list[str], cwd: Path | None = None) -> tuple[str, float]:
     t0 = time.perf_counter()
-    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
+    env = {**os.environ, **ISA, **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
@@ -97,7 +102,7 @@ def nanogpt_dataset(nanogpt: Path, name: str, train: np.ndarray, val: np.ndarray
         pickle.dump(meta, f)
 
 
-def throughput(nanogpt: Path, work: Path, steps: int, rounds: int) -> dict:
+def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: bool) -> dict:
     shards = make_shards(work)
     nanogpt_dataset(
         nanogpt,
@@ -107,84 +112,113 @@ def throughput(nanogpt: Path, work: Path, steps: int, rounds: int) -> dict:
         {"vocab_size": 4096},
     )
     skip = 5
-    results: dict[str, list[float]] = {"nanogpt": [], "slm": [], "slm_fp32": []}
+    # (name, tool, slm's train.dtype, compile)
+    contenders = [
+        ("nanogpt", "nanogpt", None, False),
+        ("slm", "slm", "auto", False),
+        ("slm_fp32", "slm", "float32", False),
+    ]
+    if compiled:
+        contenders += [("nanogpt_compile", "nanogpt", None, True), ("slm_fp32_compile", "slm", "float32", True)]
+    results: dict[str, list[float]] = {name: [] for name, *_ in contenders}
+    first: dict[str, list[float]] = {name: [] for name, *_ in contenders}  # first step's time beyond a median one
     for r in range(rounds):
-        out, _ = sh(
-            [
-                sys.executable,
-                "train.py",
-                "--dataset=slm_bpe",
-                f"--device={DEVICE}",
-                "--compile=False",
-                f"--n_layer={SHAPE['n_layer']}",
-                f"--n_head={SHAPE['n_head']}",
-                f"--n_embd={SHAPE['d_model']}",
-                f"--block_size={SHAPE['seq_len']}",
-                f"--batch_size={SHAPE['batch_size']}",
-                "--gradient_accumulation_steps=1",
-                f"--max_iters={steps}",
-                "--eval_interval=100000",
-                "--eval_iters=1",
-                "--log_interval=1",
-                "--dropout=0.0",
-                "--bias=False",
-                f"--out_dir={work / 'ng_out'}",
-            ],
-            cwd=nanogpt,
-        )
-        ms = [float(m) for m in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", out)][skip:]
-        tps = SHAPE["batch_size"] * SHAPE["seq_len"] / (statistics.median(ms) / 1000)
-        results["nanogpt"].append(tps)
-        print(json.dumps({"bench": "vs_nanogpt.throughput", "tool": "nanogpt", "round": r, "tokens_per_sec": tps}))
-        for name, dtype in (("slm", "auto"), ("slm_fp32", "float32")):
-            run = work / f"slm_tp_{name}_{r}"
-            shutil.rmtree(run, ignore_errors=True)
-            sh(
-                slm_cmd(
-                    "train",
-                    str(REPO / "recipes/quickstart.toml"),
-                    "--out",
-                    str(run),
-                    "--set",
-                    f"data.shards='{shards}'",
-                    "--set",
-                    f"train.max_steps={steps}",
-                    "--set",
-                    "train.log_every=1",
-                    "--set",
-                    "train.eval_every=100000",
-                    "--set",
-                    "train.ckpt_every=100000",
-                    "--set",
-                    f"train.dtype='{dtype}'",
-                )
-            )
-            rows = Run(run).metrics()
-            tps_s = statistics.median([m["tokens_per_sec"] for m in rows if "tokens_per_sec" in m][skip:])
-            results[name].append(tps_s)
+        for name, tool, dtype, comp in contenders:
+            if tool == "nanogpt":
+                ms = nanogpt_steps(nanogpt, work, steps, comp)
+            else:
+                ms = slm_steps(work / f"slm_tp_{name}_{r}", shards, steps, dtype, comp)
+            typical = statistics.median(ms[skip:])
+            tps = SHAPE["batch_size"] * SHAPE["seq_len"] / (typical / 1000)
+            results[name].append(tps)
+            first[name].append((ms[0] - typical) / 1000)
             print(
                 json.dumps(
                     {
                         "bench": "vs_nanogpt.throughput",
                         "tool": name,
-                        "dtype": dtype,
                         "round": r,
-                        "tokens_per_sec": tps_s,
+                        "tokens_per_sec": tps,
+                        "first_step_extra_s": round(first[name][-1], 2),
                     }
-                )
+                ),
+                flush=True,
             )
     med = {k: statistics.median(v) for k, v in results.items()}
-    return {
+    out = {
         "bench": "vs_nanogpt.throughput",
         **SHAPE,
         "steps": steps,
         "rounds": rounds,
-        "nanogpt_tokens_per_sec": med["nanogpt"],
-        "slm_tokens_per_sec": med["slm"],
-        "slm_fp32_tokens_per_sec": med["slm_fp32"],
+        **machine(ISA),
+        **{f"{k}_tokens_per_sec": v for k, v in med.items()},
         "ratio": med["slm"] / med["nanogpt"],
         "ratio_fp32": med["slm_fp32"] / med["nanogpt"],
     }
+    if compiled:
+        out["ratio_fp32_compile"] = med["slm_fp32_compile"] / med["nanogpt"]
+        out["ratio_fp32_compile_vs_nanogpt_compile"] = med["slm_fp32_compile"] / med["nanogpt_compile"]
+        out["slm_compile_first_step_extra_s"] = statistics.median(first["slm_fp32_compile"])
+        out["nanogpt_compile_first_step_extra_s"] = statistics.median(first["nanogpt_compile"])
+    return out
+
+
+def nanogpt_steps(nanogpt: Path, work: Path, steps: int, compiled: bool) -> list[float]:
+    """nanoGPT's per-iteration times (ms) as its train.py logs them."""
+    out, _ = sh(
+        [
+            sys.executable,
+            "train.py",
+            "--dataset=slm_bpe",
+            f"--device={DEVICE}",
+            f"--compile={compiled}",
+            f"--n_layer={SHAPE['n_layer']}",
+            f"--n_head={SHAPE['n_head']}",
+            f"--n_embd={SHAPE['d_model']}",
+            f"--block_size={SHAPE['seq_len']}",
+            f"--batch_size={SHAPE['batch_size']}",
+            "--gradient_accumulation_steps=1",
+            f"--max_iters={steps}",
+            "--eval_interval=100000",
+            "--eval_iters=1",
+            "--log_interval=1",
+            "--dropout=0.0",
+            "--bias=False",
+            f"--out_dir={work / 'ng_out'}",
+        ],
+        cwd=nanogpt,
+    )
+    return [float(m) for m in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", out)]
+
+
+def slm_steps(run: Path, shards: Path, steps: int, dtype: str, compiled: bool) -> list[float]:
+    """slm's per-step times (ms), from the elapsed clock its metrics log at every step."""
+    shutil.rmtree(run, ignore_errors=True)
+    sh(
+        slm_cmd(
+            "train",
+            str(REPO / "recipes/quickstart.toml"),
+            "--out",
+            str(run),
+            "--set",
+            f"data.shards='{shards}'",
+            "--set",
+            f"train.max_steps={steps}",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "train.eval_every=100000",
+            "--set",
+            "train.ckpt_every=100000",
+            "--set",
+            f"train.dtype='{dtype}'",
+            "--set",
+            f"train.compile={str(compiled).lower()}",
+        )
+    )
+    elapsed = [m["elapsed"] for m in Run(run).metrics() if "tokens_per_sec" in m]
+    shutil.rmtree(run, ignore_errors=True)
+    return [1000 * (b - a) for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
 
 
 def nanogpt_val_bpb(nanogpt: Path, ckpt: Path, val: np.ndarray, block: int) -> float:
@@ -317,15 +351,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternated throughput rounds")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for both tools")
+    ap.add_argument("--compile", action="store_true", help="add both tools with torch.compile (throughput)")
+    ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None, help="run both tools as on a CPU of this class")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
-    if not (args.nanogpt / "train.py").exists():
-        sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
+    ISA.update(ISA_ENV.get(args.isa, {}))
     work = args.work or scratch("slm-vs-nanogpt-")
     work.mkdir(parents=True, exist_ok=True)
+    if args.isa:
+        # inductor's kernel cache does not tell instruction sets apart: kernels it compiled with the full
+        # instruction set, reused under the restriction, gave a NaN loss at step 1
+        ISA["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{args.isa}")
+    print(json.dumps({"bench": "vs_nanogpt.machine", **machine(ISA)}), flush=True)
+    if not (args.nanogpt / "train.py").exists():
+        sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
     if args.part in ("throughput", "all"):
-        print(json.dumps(throughput(args.nanogpt.resolve(), work, args.steps, args.rounds)))
+        print(json.dumps(throughput(args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile)))
     if args.part in ("quality", "all"):
         print(json.dumps(quality(args.nanogpt.resolve(), work)))
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import slm.model.loss as loss_mod
 from slm.config import ModelConfig
 from slm.data.batch import IGNORE
-from slm.model.loss import cross_entropy
+from slm.model.loss import cross_entropy, linear_cross_entropy
 from slm.model.transformer import KVCache, Transformer
 
 
@@ -111,6 +112,71 @@ def test_model_loss_is_cross_entropy_of_logits():
         logits, _ = m(x)
         _, loss = m(x, y)
     assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 97), y.view(-1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("z", [0.0, 1e-2])
+def test_chunked_linear_cross_entropy_matches_pytorch(z, monkeypatch):
+    """Loss and both gradients of the chunked head (chunks of 7 rows, the last one short) against PyTorch's
+    cross-entropy of the whole logit matrix, with ignored positions, z-loss and an upstream factor."""
+    monkeypatch.setattr(loss_mod, "HEAD_CHUNK_ROWS", 7)
+    torch.manual_seed(4)
+    h0, w0 = torch.randn(50, 16, dtype=torch.float64), torch.randn(333, 16, dtype=torch.float64)
+    t = torch.randint(0, 333, (50,))
+    t[::4] = IGNORE
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    loss = linear_cross_entropy(h, w, t, z)
+    (3 * loss).backward()
+    h2, w2 = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    logits, keep = h2 @ w2.t(), t != IGNORE
+    expect = F.cross_entropy(logits, t, ignore_index=IGNORE) + z * torch.logsumexp(logits[keep], -1).pow(2).mean()
+    (3 * expect).backward()
+    assert torch.allclose(loss, expect, atol=1e-12)
+    assert torch.allclose(h.grad, h2.grad, atol=1e-12) and torch.allclose(w.grad, w2.grad, atol=1e-12)
+    assert torch.equal(h.grad[~keep], torch.zeros_like(h.grad[~keep]))
+    with torch.no_grad():  # evaluation: the loss alone, the same value
+        assert torch.allclose(linear_cross_entropy(h0, w0, t, z), expect.detach(), atol=1e-12)
+    # nothing to learn from: zero loss and zero gradients, not NaN
+    h3, w3 = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    none = linear_cross_entropy(h3, w3, torch.full((50,), IGNORE), z)
+    none.backward()
+    assert none.item() == 0.0 and not h3.grad.any() and not w3.grad.any()
+
+
+def test_chunked_head_under_bf16_autocast_matches_the_logits_path():
+    """Under autocast the projection runs in bf16 as nn.Linear's would, the loss and the weight gradient's
+    sums in fp32: the same loss and gradients as the whole-matrix path to bf16's precision."""
+    torch.manual_seed(5)
+    h0, w0 = torch.randn(300, 64), torch.randn(1000, 64) * 0.1
+    t = torch.randint(0, 1000, (300,))
+    got, want = [], []
+    for fn, out in (
+        (lambda h, w: linear_cross_entropy(h, w, t), got),
+        (lambda h, w: cross_entropy((h @ w.t()).float(), t), want),
+    ):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(h, w)
+        loss.float().backward()
+        out += [loss.float(), h.grad, w.grad]
+    assert got[1].dtype == got[2].dtype == torch.float32
+    assert abs(got[0].item() - want[0].item()) < 1e-3
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+def test_a_head_that_is_not_a_plain_weight_takes_its_own_forward():
+    """LoRA on lm_head (or a packed or int8 head) changes what the head computes: head_loss must go through
+    the head's forward then, not read its weight."""
+    m = make()
+    x, y = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        h, _ = m(x, hidden_only=True)
+        plain = m.head_loss(h, y)
+        assert m.pack()  # an inference copy of every weight, lm_head's included
+        m.lm_head.weight.mul_(2)  # the copy is now stale: the head still computes with the old weight
+        assert torch.allclose(m.head_loss(h, y), plain, atol=1e-5)
+        m.unpack()
+        assert not torch.allclose(m.head_loss(h, y), plain, atol=1e-3)
 
 
 def test_bad_head_layout_is_rejected():

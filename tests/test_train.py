@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,3 +230,17 @@ def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tiny_cfg: Config, 
     assert "passed over 1 damaged checkpoint(s)" in notes and "resuming from step_0000006" in notes
     a, b = losses(tmp_path / "straight"), losses(run.path)
     assert a == b  # and trains what an uninterrupted run trained
+
+
+def test_auto_dtype_never_picks_emulated_bf16():
+    """On a CPU without native bf16 (here: this one with oneDNN and PyTorch restricted to AVX2, as an
+    AVX2-only laptop is), dtype auto trains in float32 and says why; an explicit dtype is kept."""
+    probe = (
+        "import json, torch; from slm.train.loop import choose_dtype; "
+        "print(json.dumps(choose_dtype('auto', torch.device('cpu'))))"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    dtype, why = json.loads(out.stdout.strip().splitlines()[-1])
+    assert dtype == "float32" and "emulated" in why
+    assert loop.choose_dtype("bfloat16", torch.device("cpu")) == ("bfloat16", "train.dtype")

@@ -21,7 +21,6 @@ from slm.data.batch import Batch
 from slm.data.conversations import ReadReport, read_conversations
 from slm.errors import SlmError
 from slm.infer.template import chat_format
-from slm.model.loss import cross_entropy
 from slm.model.score import lm_metrics, score_masked
 from slm.model.transformer import Transformer
 from slm.run import Run, atomic_write_text
@@ -115,7 +114,7 @@ class SftObjective(Objective):
         compute) runs on the answer positions, about a tenth of a conversation, not on every position."""
         h, _ = forward(batch.inputs, hidden_only=True, segments=batch.segments)
         keep = batch.loss_mask
-        return cross_entropy(model.logits(h[keep]), batch.targets[keep], self.cfg.train.z_loss)
+        return model.head_loss(h[keep], batch.targets[keep], self.cfg.train.z_loss)
 
     def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
         """Loss and bits-per-byte of the held-out answers (the masked tokens) given their conversations; a

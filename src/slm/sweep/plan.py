@@ -32,6 +32,11 @@ class Axis:
         return not self.values
 
 
+def is_number(v: Any) -> bool:
+    """A number that is not a bool (True is an int to Python, not a figure to a sweep)."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def _check_field(field: str, flag: str) -> None:
     try:  # unknown names are refused here, with a did-you-mean
         apply_override({}, f"{field}=0")
@@ -74,7 +79,7 @@ def parse_range(text: str) -> Axis:
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("log", "linear")):
         raise SlmError(f"--range {text!r}: expected lo:hi, lo:hi:log or lo:hi:linear")
     lo, hi = parse_value(parts[0]), parse_value(parts[1])
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
+    if not all(is_number(v) for v in (lo, hi)):
         raise SlmError(f"--range {text!r}: lo and hi must be numbers")
     if lo >= hi:
         raise SlmError(f"--range {text!r}: lo ({lo}) must be below hi ({hi})")

@@ -16,15 +16,12 @@ import numpy as np
 
 from slm.report.html import CSS, html_table, svg
 from slm.run import atomic_write_text
+from slm.sweep.plan import is_number
 
 # The metrics plotted when present in the runs' summaries; any other val_* figure is added after them.
 METRICS = ("val_bpb", "val_loss", "train_loss", "attn_logit_max", "logit_lse_mean")
 # sizes of the held-out text, not figures of the model; and perplexity, which is exp(val_loss) again
 COUNTS = ("val_tokens", "val_bytes", "val_ppl")
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def metrics_of(rows: list[dict]) -> list[str]:

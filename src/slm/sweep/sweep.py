@@ -25,7 +25,7 @@ from typing import Any
 from slm.config import Config, read_toml
 from slm.errors import SlmError
 from slm.run import Run, atomic_write_text
-from slm.sweep.plan import Axis, configs, points
+from slm.sweep.plan import Axis, configs, is_number, points
 from slm.sweep.runs import failure, finished, train_all
 
 # Swept fields under these change the tokenizer or the tokens, so each run then prepares its own data.
@@ -132,7 +132,7 @@ def peaks(metrics: list[dict[str, Any]]) -> dict[str, float]:
 
 def at_fraction(metrics: list[dict[str, Any]], key: str, steps: int, frac: float) -> float | None:
     """The value of key logged nearest to frac of the run's steps (within a tenth of the run), if any."""
-    have = [m for m in metrics if isinstance(m.get(key), int | float) and math.isfinite(m[key]) and "step" in m]
+    have = [m for m in metrics if is_number(m.get(key)) and math.isfinite(m[key]) and "step" in m]
     if not have:
         return None
     near = min(have, key=lambda m: abs(m["step"] - frac * steps))
@@ -144,7 +144,7 @@ def early_signals(out: Path, rows: list[dict[str, Any]], target: str = "val_bpb"
     target does: Spearman's rho over the runs (the question of the E2LM competition)."""
     from scipy.stats import spearmanr
 
-    ok = [r for r in rows if r["status"] == "ok" and isinstance(r.get(target), int | float)]
+    ok = [r for r in rows if r["status"] == "ok" and is_number(r.get(target))]
     if len(ok) < 3:
         return {}
     logs = {r["run"]: Run(out / "runs" / r["run"]).metrics() for r in ok}
@@ -172,7 +172,7 @@ def collect(out: Path, metric: str = "val_bpb") -> dict[str, Any]:
         if finished(folder):
             summary = json.loads((folder / "summary.json").read_text())
             row["status"] = "ok"
-            row.update({k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+            row.update({k: v for k, v in summary.items() if is_number(v)})
             row.update(peaks(Run(folder).metrics()))
         elif (why := failure(folder)) is not None:
             row["status"] = "diverged" if "diverged" in why else "failed"
