@@ -102,7 +102,7 @@ def nanogpt_dataset(nanogpt: Path, name: str, train: np.ndarray, val: np.ndarray
         pickle.dump(meta, f)
 
 
-def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: bool) -> dict:
+def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: bool, host: dict) -> dict:
     shards = make_shards(work)
     nanogpt_dataset(
         nanogpt,
@@ -150,7 +150,7 @@ def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: boo
         **SHAPE,
         "steps": steps,
         "rounds": rounds,
-        **machine(ISA),
+        **host,
         **{f"{k}_tokens_per_sec": v for k, v in med.items()},
         "ratio": med["slm"] / med["nanogpt"],
         "ratio_fp32": med["slm_fp32"] / med["nanogpt"],
@@ -191,30 +191,25 @@ def nanogpt_steps(nanogpt: Path, work: Path, steps: int, compiled: bool) -> list
     return [float(m) for m in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", out)]
 
 
+def slm_train(run: Path, *sets: str) -> float:
+    """`slm train` of the quickstart recipe into a fresh run folder, with these --set overrides; seconds taken."""
+    shutil.rmtree(run, ignore_errors=True)
+    overrides = [arg for value in sets for arg in ("--set", value)]
+    _, seconds = sh(slm_cmd("train", str(REPO / "recipes/quickstart.toml"), "--out", str(run), *overrides))
+    return seconds
+
+
 def slm_steps(run: Path, shards: Path, steps: int, dtype: str, compiled: bool) -> list[float]:
     """slm's per-step times (ms), from the elapsed clock its metrics log at every step."""
-    shutil.rmtree(run, ignore_errors=True)
-    sh(
-        slm_cmd(
-            "train",
-            str(REPO / "recipes/quickstart.toml"),
-            "--out",
-            str(run),
-            "--set",
-            f"data.shards='{shards}'",
-            "--set",
-            f"train.max_steps={steps}",
-            "--set",
-            "train.log_every=1",
-            "--set",
-            "train.eval_every=100000",
-            "--set",
-            "train.ckpt_every=100000",
-            "--set",
-            f"train.dtype='{dtype}'",
-            "--set",
-            f"train.compile={str(compiled).lower()}",
-        )
+    slm_train(
+        run,
+        f"data.shards='{shards}'",
+        f"train.max_steps={steps}",
+        "train.log_every=1",
+        "train.eval_every=100000",
+        "train.ckpt_every=100000",
+        f"train.dtype='{dtype}'",
+        f"train.compile={str(compiled).lower()}",
     )
     elapsed = [m["elapsed"] for m in Run(run).metrics() if "tokens_per_sec" in m]
     shutil.rmtree(run, ignore_errors=True)
@@ -289,38 +284,14 @@ def quality(nanogpt: Path, work: Path) -> dict:
 
     # slm: the quickstart recipe with as many steps as fit in nanoGPT's wall-clock (measured rate, minus set-up).
     probe = work / "slm_probe"
-    shutil.rmtree(probe, ignore_errors=True)
-    _, t_probe = sh(
-        slm_cmd(
-            "train",
-            str(REPO / "recipes/quickstart.toml"),
-            "--out",
-            str(probe),
-            "--set",
-            "train.max_steps=40",
-            "--set",
-            "train.eval_every=100000",
-        )
-    )
+    t_probe = slm_train(probe, "train.max_steps=40", "train.eval_every=100000")
     rows = Run(probe).metrics()
     elapsed = [m["elapsed"] for m in rows if "elapsed" in m][-1]
     step_s = elapsed / 40
     overhead = t_probe - elapsed
     steps = max(50, int((t_nano - overhead) / step_s * 0.97))
     run = work / "slm_quality"
-    shutil.rmtree(run, ignore_errors=True)
-    _, t_slm = sh(
-        slm_cmd(
-            "train",
-            str(REPO / "recipes/quickstart.toml"),
-            "--out",
-            str(run),
-            "--set",
-            f"train.max_steps={steps}",
-            "--set",
-            f"train.eval_every={max(steps // 4, 1)}",
-        )
-    )
+    t_slm = slm_train(run, f"train.max_steps={steps}", f"train.eval_every={max(steps // 4, 1)}")
     summary = json.loads((run / "summary.json").read_text())
     print(
         json.dumps(
@@ -356,6 +327,8 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    if not (args.nanogpt / "train.py").exists():
+        sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
     ISA.update(ISA_ENV.get(args.isa, {}))
     work = args.work or scratch("slm-vs-nanogpt-")
     work.mkdir(parents=True, exist_ok=True)
@@ -363,11 +336,10 @@ def main() -> None:
         # inductor's kernel cache does not tell instruction sets apart: kernels it compiled with the full
         # instruction set, reused under the restriction, gave a NaN loss at step 1
         ISA["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{args.isa}")
-    print(json.dumps({"bench": "vs_nanogpt.machine", **machine(ISA)}), flush=True)
-    if not (args.nanogpt / "train.py").exists():
-        sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
+    host = machine(ISA)
+    print(json.dumps({"bench": "vs_nanogpt.machine", **host}), flush=True)
     if args.part in ("throughput", "all"):
-        print(json.dumps(throughput(args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile)))
+        print(json.dumps(throughput(args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile, host)))
     if args.part in ("quality", "all"):
         print(json.dumps(quality(args.nanogpt.resolve(), work)))
 

@@ -447,7 +447,7 @@ class Transformer(nn.Module):
         positions whose target is not IGNORE; (final hidden states (B, T, d), None) with hidden_only, for
         losses that apply lm_head in chunks. segments: see hidden().
 
-        With targets the loss is head_loss's: the whole logit matrix is never made.
+        With targets the loss is head_loss's (in float32, without ever making the whole logit matrix).
         """
         h = self.hidden(idx, cache) if segments is None else self.hidden(idx, segments=segments)
         if hidden_only:

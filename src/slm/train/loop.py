@@ -167,8 +167,8 @@ def train(
     seq_len = cfg.seq_len
     batcher = shards.batcher(seq_len, cfg.train.batch_size, cfg.train.seed)
     accum = cfg.train.grad_accum // d.world
-    autocast, dtype_name = autocast_for(cfg.train.dtype, device)
-    dtype_why = choose_dtype(cfg.train.dtype, device)[1]
+    dtype_name, dtype_why = choose_dtype(cfg.train.dtype, device)
+    autocast, _ = autocast_for(dtype_name, device)
     env = Env(cfg, run, tok, shards, batcher, seq_len, device, dtype_name, say, autocast)
     d.rank0_first(lambda: objective.setup(env))
 
