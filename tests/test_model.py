@@ -211,9 +211,34 @@ def test_packed_weights_give_the_same_logits():
         assert m.pack()
         packed, _ = m(x)
         one, _ = m(x[1:2])
+        fused = [(b.attn.qkv, b.mlp.gate_up) for b in m.layers]
+        m.unpack()
+        assert m.pack(fuse=False) and all(b.attn.qkv is None and b.attn.q_proj.packed is not None for b in m.layers)
+        apart, _ = m(x)
         m.unpack()
         again, _ = m(x)
     assert torch.allclose(plain, packed, atol=1e-5) and torch.equal(packed[1:2], one)
+    assert torch.allclose(apart, packed, atol=1e-5)
     assert torch.equal(plain, again)
-    assert all(lin.packed is None for lin in m.modules() if hasattr(lin, "packed"))
+    assert all(w is not None for pair in fused for w in pair)  # q/k/v and gate/up ran as one product each
+    assert all(getattr(mod, name, None) is None for mod in m.modules() for name in ("packed", "qkv", "gate_up"))
     assert not make().to(torch.bfloat16).pack()  # float32 on a CPU only
+
+
+def test_packing_leaves_adapted_projections_to_their_adapter():
+    """A LoRA adapter on q_proj computes more than q_proj's weight: packing keeps q/k/v apart (the adapter's
+    wrapper runs its packed base weight plus the low-rank path) and still fuses what is plain."""
+    from slm.model.lora import add_lora
+
+    m = make(n_kv_head=2)
+    add_lora(m, rank=2, alpha=4.0, dropout=0.0, targets=["q_proj"])
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # peft starts B at zero: make the adapter change the output
+        x = torch.randint(0, 97, (2, 9))
+        plain, _ = m(x)
+        assert m.pack()
+        packed, _ = m(x)
+    assert all(b.attn.qkv is None and b.mlp.gate_up is not None for b in m.layers)
+    assert torch.allclose(plain, packed, atol=1e-5)
