@@ -25,6 +25,9 @@ import time
 import torch
 from generation import cpu_flags, cpu_name
 
+from slm.model.quant import int8_weights
+from slm.model.transformer import PACK_ROWS, packed_linear
+
 D, FF, HEADS, KV, HEAD_DIM, LAYERS, VOCAB = 576, 1536, 9, 3, 64, 30, 49152
 
 
@@ -67,10 +70,7 @@ def main() -> None:
     numel = sum(w.numel() for w in weights)
 
     def pack(w: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._reorder_linear_weight(w, 32)  # as Transformer.pack (PACK_ROWS)
-
-    def linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS)  # as Transformer.pack
 
     x, xf = torch.randn(1, D), torch.randn(1, FF)
     paths = {}
@@ -79,7 +79,7 @@ def main() -> None:
 
     apart = [pack(w) for w in weights]
     inputs = [xf if w.size(1) == FF else x for w in weights]
-    paths["fp32_apart"] = lambda: [linear(a, p) for a, p in zip(inputs, apart, strict=True)]
+    paths["fp32_apart"] = lambda: [packed_linear(a, p) for a, p in zip(inputs, apart, strict=True)]
 
     fused = []
     for layer in layers:
@@ -90,16 +90,13 @@ def main() -> None:
             (xf, pack(layer["down"])),
         ]
     fused.append((x, pack(head)))
-    paths["fp32_fused"] = lambda: [linear(a, p) for a, p in fused]
+    paths["fp32_fused"] = lambda: [packed_linear(a, p) for a, p in fused]
 
     half = [w.half() for w in weights]
     half_inputs = [a[0].half() for a in inputs]
     paths["fp16_mv"] = lambda: [torch.mv(w, a) for w, a in zip(half, half_inputs, strict=True)]
 
-    int8 = []
-    for w in weights:
-        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-        int8.append((torch.round(w / scale[:, None]).to(torch.int8), scale))
+    int8 = [int8_weights(w) for w in weights]  # as slm's int8 weight-only Linear holds them
     paths["int8_kernel"] = lambda: [
         torch.ops.aten._weight_int8pack_mm(a, q, s) for a, (q, s) in zip(inputs, int8, strict=True)
     ]

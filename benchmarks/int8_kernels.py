@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from slm.model.quant import int8_weights
-    from slm.model.transformer import PACK_ROWS, Linear
+    from slm.model.transformer import PACK_ROWS, Linear, packed_linear
 
     torch.manual_seed(0)
     base = Linear(576, 1536, bias=False)
@@ -60,9 +60,7 @@ def main() -> None:
         for rows in (1, 8, 64, 1024):
             x = torch.randn(rows, 576)
             r = {
-                "float32": timed(
-                    lambda x=x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), args.repeat
-                ),
+                "float32": timed(lambda x=x: packed_linear(x, packed), args.repeat),
                 "int8_kernel": timed(
                     lambda x=x: torch.ops.aten._weight_int8pack_mm(x, q, s), max(3, args.repeat // 10)
                 ),

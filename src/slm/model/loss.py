@@ -102,12 +102,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=exact, device=h.device) if need_grad else None
         # One logits buffer for every chunk: a fresh (512, V) block each time came back from the C allocator as
-        # new pages, and faulting them in doubled the projection's time (10.4 against 5.4 ms at V = 4096 on a
-        # 2-core AVX2 EPYC); the head's forward and backward went 1.08x faster with the buffer reused.
+        # new pages, and faulting them in nearly doubled the projection's time in a training step (10.4 against
+        # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile).
         buf = torch.empty(min(HEAD_CHUNK_ROWS, h.size(0)), weight.size(0), dtype=dtype, device=h.device)
         for a in range(0, h.size(0), HEAD_CHUNK_ROWS):
             rows = slice(a, a + HEAD_CHUNK_ROWS)
-            logits = torch.mm(hc[rows], wc.t(), out=buf[: hc[rows].size(0)]).to(exact)
+            chunk = hc[rows]
+            logits = torch.mm(chunk, wc.t(), out=buf[: chunk.size(0)]).to(exact)
             picked = logits.gather(1, safe[rows, None]).squeeze(1)
             top = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(top).exp_()  # one exponential pass serves the loss and the gradient
@@ -132,9 +133,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             else:
                 grad_h[rows] = (gc @ wc).to(h.dtype)
             if grad_w.dtype == gc.dtype:
-                grad_w.addmm_(gc.t(), hc[rows])  # in place: no (V, d) temporary per chunk
+                grad_w.addmm_(gc.t(), chunk)  # in place: no (V, d) temporary per chunk
             else:
-                grad_w += gc.t() @ hc[rows]
+                grad_w += gc.t() @ chunk
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
