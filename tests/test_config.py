@@ -16,6 +16,17 @@ def test_quickstart_recipe_validates():
     assert cfg.data.val_inputs == ["data/shakespeare/macbeth.txt"]
 
 
+@pytest.mark.parametrize(
+    "path", sorted(p.name for p in (REPO / "recipes").glob("*.toml") if not p.name.startswith("data-"))
+)
+def test_every_shipped_recipe_validates(path: str):
+    # data-*.toml are `slm data run` pipelines, validated by their own tests; the rest are training recipes.
+    cfg = load_config(REPO / "recipes" / path)
+    assert cfg.name == Path(path).stem
+    for pattern in (*cfg.data.inputs, *cfg.data.val_inputs):
+        assert list(REPO.glob(pattern)), f"{path}: {pattern} matches no file"
+
+
 def test_override_types_and_nesting():
     cfg = load_config(None, ["train.lr=3e-3", "model.qk_norm=true", "sample.prompts=['a', 'b']", "name=abc"])
     assert cfg.train.lr == pytest.approx(3e-3)

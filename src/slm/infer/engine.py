@@ -112,11 +112,13 @@ class Engine:
         pack: bool | None = None,
         drafter: Drafter | None = None,
         spec_rows: int = SPEC_ROWS,
+        fp16: bool = False,
     ):
         """stop_ids: tokens that end a sequence (end-of-text). prefill_tokens: positions, padding included,
         one prompt batch may hold. pack: keep decoding copies of the weights (default: on CPU, see
         Transformer.pack); close() drops them. drafter: guesses for speculative decoding
-        (infer/speculative.py), checked while at most spec_rows rows decode; the engine closes it."""
+        (infer/speculative.py), checked while at most spec_rows rows decode; the engine closes it. fp16: a
+        row decoding alone multiplies float16 copies of the weights (Transformer.pack(fp16=True))."""
         if max_batch < 1:
             raise SlmError(f"max_batch must be at least 1 (got {max_batch})")
         self.model, self.tok = model.eval(), tokenizer
@@ -125,7 +127,7 @@ class Engine:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.limit = model.cfg.max_seq_len
-        self.packed = model.pack() if pack is not False else False
+        self.packed = model.pack(fp16=fp16) if pack is not False else False
         self.cache: KVCache | None = None
         self.rows: list[SeqState] = []
         self.waiting: deque[SeqState] = deque()

@@ -123,6 +123,7 @@ class Linear(nn.Linear):
     int8 weights with a scale per output channel (model/quant.py)."""
 
     packed: torch.Tensor | None = None
+    fp16: torch.Tensor | None = None  # a float16 copy for one-row products (Transformer.pack(fp16=True))
     int8: tuple[torch.Tensor, torch.Tensor] | None = None
     w8a8: tuple[torch.Tensor, torch.Tensor] | None = None  # (int8 weight (in, out), scale per output channel)
 
@@ -143,13 +144,24 @@ class Linear(nn.Linear):
             y = torch.ops.aten._weight_int8pack_mm(flat, q, scale.to(x.dtype))
             return y.reshape(*x.shape[:-1], q.size(0))
         if self.packed is not None:
-            return packed_linear(x, self.packed)
+            return decode_linear(x, self.packed, self.fp16)
         return F.linear(x, self.weight)
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """x @ W.T for a weight W reordered by Transformer.pack."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+def decode_linear(x: torch.Tensor, packed: torch.Tensor, fp16: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T from Transformer.pack's copies: the float16 one for a single row when there is one (decoding
+    one sequence reads every weight once a token; float16 halves the bytes, and PyTorch's float16
+    matrix-vector kernel accumulates in float32), else the packed float32 one (float16 products of several
+    rows have no fast CPU kernel: for a 576 x 1536 weight, 3.9x float32's time at 8 rows and 6.8x at 64 on a
+    2-core AVX2 EPYC, benchmarks/int8_kernels.py)."""
+    if fp16 is not None and x.numel() == x.size(-1):
+        return F.linear(x.to(torch.float16), fp16).to(x.dtype)
+    return packed_linear(x, packed)
 
 
 # Generation on a CPU multiplies a few rows by every weight, a shape where PyTorch's default kernel is slow.
@@ -200,6 +212,7 @@ def _blocks(positions: list[int], device: torch.device) -> list[tuple[int, int, 
 
 class Attention(nn.Module):
     qkv: torch.Tensor | None = None  # q, k and v projections as one packed weight (Transformer.pack)
+    qkv_fp16: torch.Tensor | None = None  # and as one float16 weight (Transformer.pack(fp16=True))
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -215,7 +228,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, step: _Step, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         if self.qkv is not None:
-            q, k, v = packed_linear(x, self.qkv).split(
+            q, k, v = decode_linear(x, self.qkv, self.qkv_fp16).split(
                 (self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd), dim=-1
             )
         else:
@@ -269,6 +282,7 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     gate_up: torch.Tensor | None = None  # gate and up projections as one packed weight (Transformer.pack)
+    gate_up_fp16: torch.Tensor | None = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -278,7 +292,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None:
-            gate, up = packed_linear(x, self.gate_up).chunk(2, dim=-1)
+            gate, up = decode_linear(x, self.gate_up, self.gate_up_fp16).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
@@ -331,19 +345,26 @@ class Transformer(nn.Module):
         return n - self.embed_tokens.weight.numel() if non_embedding else n
 
     @torch.no_grad()
-    def pack(self, fuse: bool = True) -> bool:
+    def pack(self, fuse: bool = True, fp16: bool = False) -> bool:
         """Keep inference copies of every projection prepacked for oneDNN (CPU, float32; see PACK_ROWS), with
         q/k/v and gate/up as one product each unless fuse is False; False where that is not possible. They
-        are copies: after the weights change, pack again or unpack() (a packed model does not train)."""
+        are copies: after the weights change, pack again or unpack() (a packed model does not train).
+
+        fp16: also keep float16 copies, used for products of one row (decode_linear): one sequence decodes
+        faster, but its tokens then round differently alone than in a batch (off by default)."""
         p = next(self.parameters())
         if not can_pack(p.device, p.dtype):
             return False
+        self.unpack()
 
         def plain(*ms: nn.Module) -> bool:  # int8 has its own kernels; a LoRA wrapper is not a Linear
             return all(isinstance(m, Linear) and m.int8 is None and m.w8a8 is None for m in ms)
 
         def reorder(*ms: Linear) -> torch.Tensor:
             return torch.ops.mkldnn._reorder_linear_weight(torch.cat([m.weight.detach() for m in ms]), PACK_ROWS)
+
+        def halved(*ms: Linear) -> torch.Tensor | None:
+            return torch.cat([m.weight.detach() for m in ms]).to(torch.float16) if fp16 else None
 
         fused: set[nn.Module] = set()
         # Projections that read the same input become one product: at one row (single-stream decoding, bound
@@ -352,24 +373,24 @@ class Transformer(nn.Module):
         for block in self.layers if fuse else []:
             a, m = block.attn, block.mlp
             if plain(a.q_proj, a.k_proj, a.v_proj):
-                a.qkv = reorder(a.q_proj, a.k_proj, a.v_proj)
+                a.qkv, a.qkv_fp16 = reorder(a.q_proj, a.k_proj, a.v_proj), halved(a.q_proj, a.k_proj, a.v_proj)
                 fused |= {a.q_proj, a.k_proj, a.v_proj}
             if plain(m.gate_proj, m.up_proj):
-                m.gate_up = reorder(m.gate_proj, m.up_proj)
+                m.gate_up, m.gate_up_fp16 = reorder(m.gate_proj, m.up_proj), halved(m.gate_proj, m.up_proj)
                 fused |= {m.gate_proj, m.up_proj}
         for m in self.modules():
             if plain(m) and m not in fused:
-                m.packed = reorder(m)
+                m.packed, m.fp16 = reorder(m), halved(m)
         return True
 
     def unpack(self) -> None:
         for m in self.modules():
             if isinstance(m, Linear):
-                m.packed = None
+                m.packed = m.fp16 = None
             if isinstance(m, Attention):
-                m.qkv = None
+                m.qkv = m.qkv_fp16 = None
             if isinstance(m, MLP):
-                m.gate_up = None
+                m.gate_up = m.gate_up_fp16 = None
 
     @torch.no_grad()
     def stability(self, idx: torch.Tensor) -> dict[str, float]:

@@ -77,8 +77,10 @@ def create_app(
     max_batch: int = 32,
     max_waiting: int = 256,
     drafter: Drafter | None = None,
+    fp16: bool = False,
 ) -> FastAPI:
-    """drafter: guesses for speculative decoding (infer/speculative.py; make_drafter)."""
+    """drafter: guesses for speculative decoding (infer/speculative.py; make_drafter). fp16: one sequence
+    decoding alone multiplies float16 copies of the weights (Transformer.pack)."""
     limits = limits or Limits()
     tok = loaded.tokenizer
     context = loaded.model.cfg.max_seq_len
@@ -91,7 +93,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder["worker"] = Worker(loaded, max_batch, max_waiting, drafter)
+        holder["worker"] = Worker(loaded, max_batch, max_waiting, drafter, fp16)
         yield
         holder.pop("worker").stop()  # in-flight requests end with an error event, nothing hangs
 
@@ -445,6 +447,7 @@ def serve(
     draft: str = "none",
     draft_tokens: int = 5,
     calibration: str | Path | None = None,
+    fp16: bool = False,
 ) -> None:
     """Load the model, then serve until interrupted (SIGINT or SIGTERM finish in-flight requests first)."""
     import uvicorn
@@ -454,6 +457,6 @@ def serve(
     loaded = load_model(source, quantize=quantize, calibration=calibration)
     name = name or str(source)
     drafter = make_drafter(draft, loaded.model, draft_tokens)
-    app = create_app(loaded, name, api_key, limits, max_batch, max_waiting, drafter)
+    app = create_app(loaded, name, api_key, limits, max_batch, max_waiting, drafter, fp16)
     say(f"serving {name} on http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

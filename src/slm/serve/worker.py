@@ -55,9 +55,16 @@ class Stats:
 
 
 class Worker:
-    def __init__(self, loaded: Loaded, max_batch: int = 32, max_waiting: int = 256, drafter: Drafter | None = None):
+    def __init__(
+        self,
+        loaded: Loaded,
+        max_batch: int = 32,
+        max_waiting: int = 256,
+        drafter: Drafter | None = None,
+        fp16: bool = False,
+    ):
         stops = end_ids(loaded.tokenizer, loaded.config.tokenizer.eos_token)
-        self.engine = Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch, drafter=drafter)
+        self.engine = Engine(loaded.model, loaded.tokenizer, stops, max_batch=max_batch, drafter=drafter, fp16=fp16)
         self.max_waiting = max_waiting
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sinks: dict[int, Sink] = {}
