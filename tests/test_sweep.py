@@ -191,3 +191,26 @@ def test_report_draws_a_heat_map_for_two_numeric_fields_and_marks_what_did_not_f
     figs = plots({"fields": ["train.lr", "model.d_model"], "runs": cat}, ["val_bpb"])
     labels = re.findall(r"<!-- ([^>]*) -->", figs[0])  # matplotlib keeps each text as a comment
     assert len(figs) == 1 and "d_model='32'" in labels and "d_model='64'" in labels
+
+
+def test_early_signals_read_every_held_out_figure_with_accuracy_turned(tmp_path):
+    """Accuracy on a task logged part-way ranks four runs exactly as their final bits-per-byte (higher
+    accuracy, lower bpb): +1 after its sign is turned; a loss that ranks them backwards is -1."""
+    import json
+
+    from slm.sweep.sweep import early_signals
+
+    final = [2.0, 2.5, 3.0, 3.5]
+    rows = []
+    for i, bpb in enumerate(final):
+        folder = tmp_path / "runs" / f"r{i}"
+        folder.mkdir(parents=True)
+        logs = [{"step": s, "loss": 5.0 - i - s / 100} for s in range(10, 101, 10)]
+        logs += [{"step": s, "val_bpb": bpb + 1 - s / 100, "val_accuracy_next": 0.9 - 0.1 * i} for s in (25, 50, 100)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in logs))
+        rows.append({"run": f"r{i}", "status": "ok", "steps": 100, "val_bpb": bpb})
+    got = early_signals(tmp_path, rows)
+    assert got["runs"] == 4
+    assert got["val_accuracy_next@25%"] == got["val_accuracy_next@50%"] == 1.0
+    assert got["val_bpb@25%"] == 1.0 and got["loss@10%"] == -1.0
+    assert "val_accuracy_next@10%" not in got  # nothing was logged near 10 % of the steps

@@ -244,3 +244,42 @@ def test_auto_dtype_never_picks_emulated_bf16():
     dtype, why = json.loads(out.stdout.strip().splitlines()[-1])
     assert dtype == "float32" and "emulated" in why
     assert loop.choose_dtype("bfloat16", torch.device("cpu")) == ("bfloat16", "train.dtype")
+
+
+def next_word_task(folder: Path, n: int = 12) -> Path:
+    """A small multiple-choice task from Macbeth: which word comes next, among three others."""
+    words = (Path(__file__).resolve().parents[1] / "data/shakespeare/macbeth.txt").read_text().split()[:400]
+    rows = []
+    for i in range(n):
+        at = 20 + 25 * i
+        choices = [words[at], words[at + 7], words[at + 11], words[at + 13]]
+        rows.append({"context": " ".join(words[at - 12 : at]), "choices": [" " + c for c in choices], "answer": 0})
+    (folder / "next.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"name": "next", "type": "multiple_choice", "data": "next.jsonl", "prompt": "{context}"}
+    spec |= {"choices": "choices", "choice_prefix": "", "answer": "answer"}
+    (folder / "next.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in spec.items()))
+    return folder / "next.yaml"
+
+
+def test_eval_tasks_are_scored_at_every_evaluation(tiny_cfg: Config, tmp_path: Path):
+    """train.eval_tasks: accuracy and answer bits-per-byte of a multiple-choice task logged with each
+    evaluation (the first train.eval_limit items), and on all of them in the summary."""
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.train.eval_tasks, cfg.train.eval_limit = [str(next_word_task(tmp_path))], 5
+    s = run_train(cfg, tmp_path / "run")
+    evals = [m for m in Run(tmp_path / "run").metrics() if "val_bpb" in m]
+    assert [m["step"] for m in evals] == [6, 12]
+    assert all(m["val_answer_bpb_next"] > 0 for m in evals)
+    assert round(evals[0]["val_accuracy_next"] * 5, 6).is_integer()  # of five items
+    assert round(s["val_accuracy_next"] * 12, 6).is_integer() and s["val_answer_bpb_next"] > 0  # of all twelve
+    assert s["val_answer_bpb_next"] != evals[0]["val_answer_bpb_next"]
+
+
+def test_eval_tasks_must_be_multiple_choice(tiny_cfg: Config, tmp_path: Path):
+    (tmp_path / "gen.jsonl").write_text('{"q": "2+2", "a": "4"}\n')
+    (tmp_path / "gen.yaml").write_text('name: gen\ntype: generate\ndata: gen.jsonl\nprompt: "{q}"\nanswer: a\n')
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.train.eval_tasks = [str(tmp_path / "gen.yaml")]
+    with pytest.raises(SlmError, match=r"train.eval_tasks=.*gen.yaml is a generate task; .*multiple-choice"):
+        run_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was made

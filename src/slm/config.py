@@ -143,6 +143,13 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
     eval_every: int = Field(100, ge=1)
     eval_tokens: int = Field(65536, ge=1, description="validation tokens per periodic evaluation")
+    eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="multiple-choice tasks (files or built-in names) scored at every evaluation: accuracy and "
+        "answer bits-per-byte, logged as val_accuracy_NAME and val_answer_bpb_NAME (a cloze task from "
+        "`slm data cloze` separates models this small)",
+    )
+    eval_limit: int = Field(200, ge=1, description="items of each train.eval_tasks task per periodic evaluation")
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(250, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

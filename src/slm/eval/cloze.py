@@ -161,6 +161,13 @@ def make_cloze_task(
         rows += [{"domain": domain, **it} for it in items]
     if not rows:
         raise SlmError(f"{corpus} has no held-out text to make items from; re-make the corpus with a val split")
+    write_cloze_task(rows, out, f"next-{unit} items from the held-out text of {corpus} (slm data cloze, seed {seed})")
+    return counts
+
+
+def write_cloze_task(rows: list[dict], out: Path, source: str) -> None:
+    """OUT.jsonl (the items) and OUT.yaml (the task file naming it), each written atomically."""
+    data = out.with_suffix(".jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in rows))
     spec = {
@@ -171,8 +178,7 @@ def make_cloze_task(
         "choices": "choices",
         "choice_prefix": "",
         "answer": "answer",
-        "source": f"next-{unit} items from the held-out text of {corpus} (slm data cloze, seed {seed})",
-        "license": "that of the corpus's held-out text",
+        "source": source,
+        "license": "that of the held-out text",
     }
     atomic_write_text(out, "".join(f"{k}: {json.dumps(v)}\n" for k, v in spec.items()))
-    return counts

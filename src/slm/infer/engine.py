@@ -6,10 +6,11 @@
 
 Each sequence owns one row of the cache and decodes at its own position, so prompts of any lengths share a
 batch without padding the cache. Every step first admits waiting sequences into free rows (their prompts
-run together, right-padded, when that wastes little), then decodes one token for every row; a sequence
-that finishes leaves at the end of the step and the last row moves into its place, so rows 0..n-1 are
-always the live ones. Each sequence has its own sampling parameters and seed, so its text does not depend
-on which others share its batch, and greedy decoding of a batch gives what each prompt gives alone.
+run together, right-padded, when that wastes little, and a prompt admitted several times runs once), then
+decodes one token for every row; a sequence that finishes leaves at the end of the step and the last row
+moves into its place, so rows 0..n-1 are always the live ones. Each sequence has its own sampling
+parameters and seed, so its text does not depend on which others share its batch, and greedy decoding of a
+batch gives what each prompt gives alone.
 
 A sequence that reaches the model's context keeps going from the last half of its context (the cache of
 its row is refilled), as `slm generate` always has.
@@ -241,35 +242,48 @@ class Engine:
         # up ordered by length, which keeps decoding's attention reads short (see Transformer.hidden).
         take.sort(key=lambda s: len(s.prompt))
         group: list[SeqState] = []
+        distinct: set[tuple[int, ...]] = set()  # the group's different prompts: copies share a prefill row
         for s in take:
             n = len(s.prompt)
-            padded = (len(group) + 1) * n
+            padded = len(distinct | {tuple(s.prompt)}) * n
             # Short prompts batch up to FULL_ROWS positions whatever their padding (a lone 16-token prompt
             # runs at half the speed); longer ones only with prompts of similar length.
             if group and (
                 padded > self.prefill_tokens or (n > PAD_SLACK * len(group[0].prompt) and padded > FULL_ROWS)
             ):
                 self._prefill(len(self.rows), group, [g.prompt for g in group], events)
-                group = []
+                group, distinct = [], set()
             group.append(s)
+            distinct.add(tuple(s.prompt))
         if group:
             self._prefill(len(self.rows), group, [g.prompt for g in group], events)
 
     def _prefill(self, row: int, seqs: list[SeqState], contexts: list[list[int]], events: list[Event]) -> None:
         """Run contexts into rows row.. (new rows when row == len(self.rows)) and choose each next token.
         Right padding is harmless: causal attention keeps it out of every real position, and decoding
-        overwrites it (each row's keys beyond its length are never read)."""
+        overwrites it (each row's keys beyond its length are never read).
+
+        Equal contexts run once: several samples of one prompt (a GRPO group, a request's `n`, synth's
+        samples per prompt) compute its keys and values in one row, copied to the others afterwards."""
         new = row == len(self.rows)
         need = max(min(self.limit, len(c) + s.params.max_tokens) for s, c in zip(seqs, contexts, strict=True))
         self._ensure(row + len(seqs), need)
         assert self.cache is not None
         if new:
             self.rows.extend(seqs)
-        width = max(len(c) for c in contexts)
-        x = torch.tensor([c + [c[-1]] * (width - len(c)) for c in contexts], device=self.device)
-        h = self.model.hidden(x, cache=self.cache.rows(row, row + len(seqs)))
-        last = torch.tensor([len(c) - 1 for c in contexts], device=self.device)
-        logits = self.model.logits(h[torch.arange(len(seqs), device=self.device), last])
+        first: dict[tuple[int, ...], int] = {}
+        which = [first.setdefault(tuple(c), len(first)) for c in contexts]
+        unique = [list(c) for c in first]
+        width = max(len(c) for c in unique)
+        x = torch.tensor([c + [c[-1]] * (width - len(c)) for c in unique], device=self.device)
+        h = self.model.hidden(x, cache=self.cache.rows(row, row + len(unique)))
+        last = torch.tensor([len(c) - 1 for c in unique], device=self.device)
+        logits = self.model.logits(h[torch.arange(len(unique), device=self.device), last])
+        if len(unique) < len(seqs):
+            src = torch.tensor(which, device=self.device) + row
+            for buf in (*self.cache.k, *self.cache.v):
+                buf[row : row + len(seqs), :, :width] = buf[src, :, :width]  # indexing reads a copy first
+            logits = logits[src - row]
         for i, (s, c) in enumerate(zip(seqs, contexts, strict=True)):
             s.length, s.origin = len(c), len(s.prompt) + len(s.tokens) - len(c)
             if self.drafter is not None:

@@ -276,7 +276,7 @@ def verify(
     else:
 
         def pick(j: int) -> int:
-            return sample(logits[j], params, generator)
+            return sample(logits[j : j + 1], params, [generator])[0]
 
     out = []
     for j in range(len(guess) + 1):

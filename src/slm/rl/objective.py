@@ -223,7 +223,7 @@ class GrpoObjective(Objective):
             out[f"accuracy_{task.spec.name}"] = r["exact_match"]
         out["accuracy"] = out[f"accuracy_{self.evals[0].spec.name}"]
         model.train(was_training)
-        return out
+        return {**out, **self.task_metrics(model, final)}
 
     def summary(self) -> dict[str, Any]:
         return {"rl_task": str(Path(self.task.path)), "reference": self.reference_hash}

@@ -133,7 +133,10 @@ class SftObjective(Objective):
         nbytes = sum(
             int(self.byte_lengths[np.asarray(r.ids[1:])[np.asarray(r.mask[1:], dtype=bool)]].sum()) for r in val
         )
-        return lm_metrics(sum(s for s, _ in scores), sum(n for _, n in scores), nbytes)
+        return {
+            **lm_metrics(sum(s for s, _ in scores), sum(n for _, n in scores), nbytes),
+            **self.task_metrics(model, final),
+        }
 
     def summary(self) -> dict[str, Any]:
         return {}

@@ -149,13 +149,19 @@ def early_signals(out: Path, rows: list[dict[str, Any]], target: str = "val_bpb"
         return {}
     logs = {r["run"]: Run(out / "runs" / r["run"]).metrics() for r in ok}
     signals: dict[str, Any] = {"target": target, "runs": len(ok)}
-    for key in ("loss", "val_loss", "val_bpb"):
+    # Every held-out figure the runs logged: loss and bits-per-byte, and train.eval_tasks' accuracy and
+    # answer bits-per-byte where the recipe names tasks.
+    logged = sorted({k for m in logs.values() for row in m for k in row if k.startswith("val_")} - {"val_tokens"})
+    for key in ("loss", *logged):
+        # Higher accuracy goes with lower bits-per-byte: its sign is turned, so 1 always means "ranks the
+        # runs as their final target does".
+        sign = -1 if "accuracy" in key else 1
         for frac in EARLY:
             got = [(at_fraction(logs[r["run"]], key, r["steps"], frac), r[target]) for r in ok]
             pairs = [(a, b) for a, b in got if a is not None]
             if len(pairs) == len(ok) and len({a for a, _ in pairs}) > 1 and len({b for _, b in pairs}) > 1:
                 rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
-                signals[f"{key}@{round(frac * 100)}%"] = round(float(rho), 3)
+                signals[f"{key}@{round(frac * 100)}%"] = round(sign * float(rho), 3)
     return signals
 
 

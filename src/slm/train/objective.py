@@ -17,7 +17,8 @@ Hooks are called in this order; those that may write shared files run on rank 0 
                              `model` the plain Transformer (for its weights)
     end_step(step, loss)     after the optimiser step: metrics to log with the step
     evaluate(model, final)   held-out metrics on rank 0 (final: the whole held-out set), logged as val_NAME:
-                             loss and bits-per-byte for LM objectives, accuracy for RL
+                             loss and bits-per-byte for LM objectives, accuracy for RL, and for every
+                             objective train.eval_tasks' accuracy and answer bits-per-byte (task_metrics)
     summary()                extra fields for summary.json after the final evaluation
     state() / load_state()   JSON-able state saved in each checkpoint's meta.json and restored on resume
 """
@@ -34,6 +35,9 @@ from tokenizers import Tokenizer
 from slm.config import Config
 from slm.data.batch import Batch
 from slm.data.shards import Batcher
+from slm.errors import SlmError
+from slm.eval.harness import score_multiple_choice
+from slm.eval.tasks import Task, load_task
 from slm.model.lora import add_lora
 from slm.model.score import lm_metrics, tokens_bpb
 from slm.model.transformer import Transformer
@@ -66,6 +70,7 @@ class Objective:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.eval_tasks = [scored_task(t) for t in cfg.train.eval_tasks]  # refused now, not at the first eval
 
     def prepare(self, cfg: Config, run: Run, say: Callable[[str], None]) -> None:
         if cfg.train.init:
@@ -109,18 +114,33 @@ class Objective:
         domains' sums rather than scoring the same text again."""
         e = self.env
         if not final:
-            return self._bpb(model, self.val_tokens, e.cfg.train.eval_tokens)
+            return {**self._bpb(model, self.val_tokens, e.cfg.train.eval_tokens), **self.task_metrics(model, final)}
         if not e.shards.domains:
-            return self._bpb(model, self.val_tokens, None)
+            return {**self._bpb(model, self.val_tokens, None), **self.task_metrics(model, final)}
         for dm in e.shards.domains:
             if len(toks := e.shards.domain_val(dm)) > e.seq_len:
                 self.by_domain[dm] = self._bpb(model, toks, None)
         pooled = [self.by_domain[dm] for dm in e.shards.val_domains if dm in self.by_domain]
-        return lm_metrics(
+        pooled_metrics = lm_metrics(
             sum(r["loss"] * r["tokens"] for r in pooled),
             sum(r["tokens"] for r in pooled),
             sum(r["bytes"] for r in pooled),
         )
+        return {**pooled_metrics, **self.task_metrics(model, final)}
+
+    def task_metrics(self, model: Transformer, final: bool) -> dict[str, float]:
+        """Accuracy and answer bits-per-byte on each of train.eval_tasks (the first train.eval_limit items;
+        final: all of them): figures that rank runs early where loss may not (the sweep's early signals)."""
+        out: dict[str, float] = {}
+        was_training = model.training
+        model.eval()
+        for task in self.eval_tasks:
+            part = task if final else Task(task.spec, task.items[: self.cfg.train.eval_limit], task.path)
+            r = score_multiple_choice(model, self.env.tokenizer, part)
+            out[f"accuracy_{task.spec.name}"] = r["acc"]
+            out[f"answer_bpb_{task.spec.name}"] = r["answer_bpb"]
+        model.train(was_training)
+        return out
 
     def _bpb(self, model: Transformer, tokens: Any, max_tokens: int | None) -> dict[str, float]:
         e = self.env
@@ -135,3 +155,15 @@ class Objective:
 
     def load_state(self, state: dict) -> None:
         pass
+
+
+def scored_task(name_or_path: str) -> Task:
+    """A train.eval_tasks entry: a multiple-choice task (a generated reply needs a chat model and a checker:
+    `slm eval` or rl.eval_tasks score those)."""
+    task = load_task(name_or_path)
+    if task.spec.type != "multiple_choice":
+        raise SlmError(
+            f"train.eval_tasks={name_or_path} is a {task.spec.type} task; training evaluations score "
+            "multiple-choice tasks (e.g. a cloze task from `slm data cloze`)"
+        )
+    return task
