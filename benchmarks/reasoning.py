@@ -127,8 +127,7 @@ def tasks(args, folder: Path, style: str, seed: int) -> Path:
     (countdown's solver takes minutes for thousands of problems)."""
     from slm.data.problem_sets import make_tasks
 
-    want = {"task": TASK, "level": args.level, "style": style, "seed": seed, "train_problems": args.train}
-    want["test"] = args.test
+    want = dict(task=TASK, level=args.level, style=style, seed=seed, train_problems=args.train, test=args.test)
     have = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     if not (args.reuse and all(have.get(k) == v for k, v in want.items())):
         make_tasks(TASK, folder, args.train, args.test, args.level, style, seed, "+", None, True)

@@ -60,8 +60,8 @@ def choose(logits: torch.Tensor, params: list[SamplingParams], generators: list[
         picks = logits[greedy].argmax(dim=-1).tolist()
         for i, t in zip(greedy, picks, strict=True):
             out[i] = t
-    # Rows with the same filters are drawn together: per row, the scaling and the noise cost as much as the
-    # rest of a decoding step at 32 rows of a 49k vocabulary (one Python loop of ten small operations each).
+    # Rows with the same filters are drawn together: one row at a time is a Python loop of about ten small
+    # operations over the whole vocabulary per row, every decoding step.
     alike: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         if p.temperature > 0:

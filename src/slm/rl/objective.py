@@ -211,7 +211,7 @@ class GrpoObjective(Objective):
         self.tally, self.sums, self.micro = Tally(), {}, 0
         return out
 
-    def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
+    def held_out(self, model: Transformer, final: bool) -> dict[str, float]:
         """Greedy accuracy on each held-out task (the first rl.eval_limit items; final: all of them)."""
         was_training = model.training
         out: dict[str, float] = {}
@@ -223,7 +223,7 @@ class GrpoObjective(Objective):
             out[f"accuracy_{task.spec.name}"] = r["exact_match"]
         out["accuracy"] = out[f"accuracy_{self.evals[0].spec.name}"]
         model.train(was_training)
-        return {**out, **self.task_metrics(model, final)}
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {"rl_task": str(Path(self.task.path)), "reference": self.reference_hash}

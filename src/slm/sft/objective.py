@@ -116,7 +116,7 @@ class SftObjective(Objective):
         keep = batch.loss_mask
         return model.head_loss(h[keep], batch.targets[keep], self.cfg.train.z_loss)
 
-    def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
+    def held_out(self, model: Transformer, final: bool) -> dict[str, float]:
         """Loss and bits-per-byte of the held-out answers (the masked tokens) given their conversations; a
         periodic evaluation takes held-out conversations up to eval_tokens, the final one all of them."""
         e, val = self.env, self.env.shards.val
@@ -133,10 +133,7 @@ class SftObjective(Objective):
         nbytes = sum(
             int(self.byte_lengths[np.asarray(r.ids[1:])[np.asarray(r.mask[1:], dtype=bool)]].sum()) for r in val
         )
-        return {
-            **lm_metrics(sum(s for s, _ in scores), sum(n for _, n in scores), nbytes),
-            **self.task_metrics(model, final),
-        }
+        return lm_metrics(sum(s for s, _ in scores), sum(n for _, n in scores), nbytes)
 
     def summary(self) -> dict[str, Any]:
         return {}

@@ -16,9 +16,10 @@ Hooks are called in this order; those that may write shared files run on rank 0 
     loss(forward, model, batch)  the scalar to minimise; `forward` is the module to call (DDP-wrapped),
                              `model` the plain Transformer (for its weights)
     end_step(step, loss)     after the optimiser step: metrics to log with the step
-    evaluate(model, final)   held-out metrics on rank 0 (final: the whole held-out set), logged as val_NAME:
-                             loss and bits-per-byte for LM objectives, accuracy for RL, and for every
-                             objective train.eval_tasks' accuracy and answer bits-per-byte (task_metrics)
+    held_out(model, final)   the objective's held-out metrics on rank 0 (final: the whole held-out set):
+                             loss and bits-per-byte for LM objectives, accuracy for RL. The loop calls
+                             evaluate(), which adds train.eval_tasks' accuracy and answer bits-per-byte
+                             for every objective; everything is logged as val_NAME
     summary()                extra fields for summary.json after the final evaluation
     state() / load_state()   JSON-able state saved in each checkpoint's meta.json and restored on resume
 """
@@ -109,24 +110,27 @@ class Objective:
         return {}
 
     def evaluate(self, model: Transformer, final: bool) -> dict[str, float]:
+        """What the loop logs at an evaluation: the objective's held-out figures and train.eval_tasks'."""
+        return {**self.held_out(model, final), **self.task_metrics(model, final)}
+
+    def held_out(self, model: Transformer, final: bool) -> dict[str, float]:
         """Bits-per-byte of held-out windows: eval_tokens of them, or (final) the whole split. A mixture's
         final figure is scored domain by domain (mixture search needs each) and pools the validation
         domains' sums rather than scoring the same text again."""
         e = self.env
         if not final:
-            return {**self._bpb(model, self.val_tokens, e.cfg.train.eval_tokens), **self.task_metrics(model, final)}
+            return self._bpb(model, self.val_tokens, e.cfg.train.eval_tokens)
         if not e.shards.domains:
-            return {**self._bpb(model, self.val_tokens, None), **self.task_metrics(model, final)}
+            return self._bpb(model, self.val_tokens, None)
         for dm in e.shards.domains:
             if len(toks := e.shards.domain_val(dm)) > e.seq_len:
                 self.by_domain[dm] = self._bpb(model, toks, None)
         pooled = [self.by_domain[dm] for dm in e.shards.val_domains if dm in self.by_domain]
-        pooled_metrics = lm_metrics(
+        return lm_metrics(
             sum(r["loss"] * r["tokens"] for r in pooled),
             sum(r["tokens"] for r in pooled),
             sum(r["bytes"] for r in pooled),
         )
-        return {**pooled_metrics, **self.task_metrics(model, final)}
 
     def task_metrics(self, model: Transformer, final: bool) -> dict[str, float]:
         """Accuracy and answer bits-per-byte on each of train.eval_tasks (the first train.eval_limit items;
