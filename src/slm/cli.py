@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Literal
@@ -526,14 +527,22 @@ def distill_cmd(
         from slm.run import Run, new_run_path
 
         cfg = Run(resume).load_config(sets) if resume else load_config(_recipe_path(recipe) if recipe else None, sets)
+        run_path = resume or new_run_path(cfg, str(out) if out else None)
         with progress(console, "cache parts", None) as bar:
-            m = build_cache_only(
-                cfg, Run(resume or new_run_path(cfg, str(out) if out else None)), _say, lambda i, n: bar.update(i, n)
-            )
+            m = build_cache_only(cfg, Run(run_path), _say, lambda i, n: bar.update(i, n))
         _say(
             f"cache {cfg.distill.cache if cfg.distill else ''}: {m['windows']} windows x {m['seq_len']} tokens, "
             f"top-{m['top_k']}, {m['bytes_per_token']} bytes/token, {m.get('build_tokens_per_sec') or 0:,.0f} tokens/s"
         )
+        if resume is None:  # the folder holds the tokenized data and no checkpoint: the student starts anew in it
+            again = [*([recipe] if recipe else []), *(x for s in sets for x in ("--set", s)), "--out", str(run_path)]
+            # soft_wrap: a command to copy stays on one line
+            console.print(
+                f"train the student on it: slm distill {shlex.join(again)}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         return
     _report_validation(_training(recipe, sets, out, resume, DistillObjective))
 
