@@ -3,7 +3,7 @@
     python benchmarks/reasoning.py [--quick] [--steps 300] [--seeds 0,1] [--rl-seconds 600] [--synth-prompts 400]
                                    [--task arithmetic|countdown] [--level 2] [--styles answer,rationale,multitask]
                                    [--reuse] [--rl-fresh] [--rl-from rationale|answer] [--skip rl,synth,rollouts]
-                                   [--work DIR]
+                                   [--rl-seed N] [--work DIR]
 
 1. Step-by-step distillation: the same arithmetic problems taught as answers only, as rationales (the
    program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
@@ -23,6 +23,7 @@
 
 --styles trains only some of the three (RL starts from the rationale model, so keep it for stage 2).
 --rl-from answer: stage 2 starts from the answer-only model instead, and its more SFT is on answers only.
+--rl-seed N: both stage-2 runs with train.seed N (run folders suffixed -seedN), for another draw of each.
 --quick: one seed, 300 steps, 120 s of RL and of SFT, 64 synth prompts, one round of 2 rollout steps (one
 warm-up, one measured).
 Prints a line per stage and ends with one JSON line: acc_answer_only, acc_rationale, acc_multitask (means
@@ -164,6 +165,9 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
     start, data = work / f"run-s{seed}-{style}", work / f"s{seed}-{style}"
     common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
     suffix = ("" if style == "rationale" else f"-{style}") + ("-fresh" if args.rl_fresh else "")
+    if args.rl_seed is not None:  # another draw of both: GRPO's samples and prompt order, SFT's batches
+        common += ["-s", f"train.seed={args.rl_seed}"]
+        suffix += f"-seed{args.rl_seed}"
     rl_run, sft_run = work / f"rl{suffix}", work / f"more-sft{suffix}"
     # countdown's rationale task file allows 256 new tokens, past the model's 256 positions (its replies need
     # 60); an answer is one expression
@@ -299,6 +303,7 @@ def main() -> None:
         choices=["rationale", "answer"],
         help="the SFT model GRPO and more SFT start from, and the style of the more-SFT data",
     )
+    ap.add_argument("--rl-seed", type=int, default=None, help="train.seed of both stage-2 runs (default: the recipe's)")
     ap.add_argument("--skip", default="", help="stages to leave out: comma-separated of rl, synth, rollouts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
     args = ap.parse_args()
