@@ -156,6 +156,12 @@ def for_seconds(argv: list[str], seconds: float) -> float:
     return time.perf_counter() - t0
 
 
+def start_suffix(style: str) -> str:
+    """Stage 2's folders from the rationale model keep the names they had before --rl-from; from another
+    start they carry its style."""
+    return "" if style == "rationale" else f"-{style}"
+
+
 def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
     """GRPO and more SFT from the same model (the --rl-from style's), each for args.rl_seconds of wall-clock,
     on the problems in `prompts` (GRPO: their questions and checker; SFT: their conversations, in that style)."""
@@ -164,7 +170,7 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
     style = args.rl_from
     start, data = work / f"run-s{seed}-{style}", work / f"s{seed}-{style}"
     common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
-    suffix = ("" if style == "rationale" else f"-{style}") + ("-fresh" if args.rl_fresh else "")
+    suffix = start_suffix(style) + ("-fresh" if args.rl_fresh else "")
     if args.rl_seed is not None:  # another draw of both: GRPO's samples and prompt order, SFT's batches
         common += ["-s", f"train.seed={args.rl_seed}"]
         suffix += f"-seed{args.rl_seed}"
@@ -346,8 +352,7 @@ def main() -> None:
         # the SFT model's own problems (rl-tasks holds the same as s{seed}-rationale), in the start's style
         prompts = work / ("rl-tasks" if args.rl_from == "rationale" else f"s{seeds[0]}-{args.rl_from}")
         if args.rl_fresh:  # problems of another seed: new to the SFT model, unless drawn by both seeds
-            fresh_dir = "fresh-tasks" + ("" if args.rl_from == "rationale" else f"-{args.rl_from}")
-            prompts = tasks(args, work / fresh_dir, args.rl_from, seeds[0] + 100)
+            prompts = tasks(args, work / f"fresh-tasks{start_suffix(args.rl_from)}", args.rl_from, seeds[0] + 100)
             seen = {json.loads(x)["question"] for x in (work / "rl-tasks/problems.jsonl").read_text().splitlines()}
             fresh = [json.loads(x)["question"] for x in (prompts / "problems.jsonl").read_text().splitlines()]
             out["rl_fresh_also_in_sft"] = sum(q in seen for q in fresh)
