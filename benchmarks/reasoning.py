@@ -3,7 +3,7 @@
     python benchmarks/reasoning.py [--quick] [--steps 300] [--seeds 0,1] [--rl-seconds 600] [--synth-prompts 400]
                                    [--task arithmetic|countdown] [--level 2] [--styles answer,rationale,multitask]
                                    [--reuse] [--rl-fresh] [--rl-from rationale|answer] [--skip rl,synth,rollouts]
-                                   [--rl-seed N] [--work DIR]
+                                   [--rl-seed N] [--rl-rescore] [--work DIR]
 
 1. Step-by-step distillation: the same arithmetic problems taught as answers only, as rationales (the
    program's column-by-column steps, then the answer), and as the multi-task form of "Distilling
@@ -24,11 +24,15 @@
 --styles trains only some of the three (RL starts from the rationale model, so keep it for stage 2).
 --rl-from answer: stage 2 starts from the answer-only model instead, and its more SFT is on answers only.
 --rl-seed N: both stage-2 runs with train.seed N (run folders suffixed -seedN), for another draw of each.
+Stage 2 scores GRPO paired against more SFT on the same held-out items (`slm eval --samples/--compare`):
+rl_minus_sft and its standard error from the per-item differences. --rl-rescore: score the stage-2 runs an
+earlier invocation with the same options trained, without training them again.
 --quick: one seed, 300 steps, 120 s of RL and of SFT, 64 synth prompts, one round of 2 rollout steps (one
 warm-up, one measured).
 Prints a line per stage and ends with one JSON line: acc_answer_only, acc_rationale, acc_multitask (means
-over seeds), acc_sft_start, acc_sft, acc_rl (and _harder), synth_pass_rate, synth_teacher_tokens_per_sec,
-acc_student_teacher, acc_student_program, slm_completions_per_sec, trl_completions_per_sec.
+over seeds), acc_sft_start, acc_sft, acc_rl (and _harder), rl_minus_sft (and _stderr), synth_pass_rate,
+synth_teacher_tokens_per_sec, acc_student_teacher, acc_student_program, slm_completions_per_sec,
+trl_completions_per_sec.
 """
 
 from __future__ import annotations
@@ -85,11 +89,23 @@ def small_sft(tok: Path, data: Path, steps: int, seed: int, *extra: str):
     )
 
 
-def accuracy(run: Path, tasks: Path) -> dict[str, float]:
+def accuracy(run: Path, tasks: Path, samples: Path | None = None, compare: Path | None = None) -> dict:
+    """Held-out exact match at the training level and one harder; samples/compare as `slm eval`'s (then also
+    "<test>_vs": the paired difference from the compared model's samples)."""
     from slm.eval.evaluate import evaluate
 
-    r = evaluate(str(run), [str(tasks / "test.yaml"), str(tasks / "test_harder.yaml")], [], console=QUIET)
-    return {name: r["tasks"][f"{TASK}_{name}"]["exact_match"] for name in ("test", "test_harder")}
+    r = evaluate(
+        str(run),
+        [str(tasks / "test.yaml"), str(tasks / "test_harder.yaml")],
+        [],
+        console=QUIET,
+        samples=samples,
+        compare=compare,
+    )
+    out: dict = {name: r["tasks"][f"{TASK}_{name}"]["exact_match"] for name in ("test", "test_harder")}
+    if compare is not None:
+        out |= {f"{name}_vs": r["tasks"][f"{TASK}_{name}"]["compared"] for name in ("test", "test_harder")}
+    return out
 
 
 def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
@@ -165,8 +181,6 @@ def start_suffix(style: str) -> str:
 def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
     """GRPO and more SFT from the same model (the --rl-from style's), each for args.rl_seconds of wall-clock,
     on the problems in `prompts` (GRPO: their questions and checker; SFT: their conversations, in that style)."""
-    from slm.run import Run
-
     style = args.rl_from
     start, data = work / f"run-s{seed}-{style}", work / f"s{seed}-{style}"
     common = ["-s", "train.threads=2", "-s", "train.schedule='constant'", "-s", "train.warmup_steps=0"]
@@ -178,6 +192,8 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
     # countdown's rationale task file allows 256 new tokens, past the model's 256 positions (its replies need
     # 60); an answer is one expression
     limit = {"rationale": 128, "answer": 32}.get(style) if TASK == "countdown" else None
+    if args.rl_rescore:  # score the runs an earlier invocation trained (paired), without training again
+        return score_stage2(rl_run, sft_run, data, float("nan"), float("nan"))
     for run in (rl_run, sft_run):
         shutil.rmtree(run, ignore_errors=True)
     rl_secs = for_seconds(
@@ -202,15 +218,27 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
         ],
         args.rl_seconds,
     )  # fmt: skip
+    return score_stage2(rl_run, sft_run, data, rl_secs, sft_secs)
+
+
+def score_stage2(rl_run: Path, sft_run: Path, data: Path, rl_secs: float, sft_secs: float) -> dict[str, float]:
+    """Both stage-2 runs' held-out accuracy, GRPO's paired against more SFT's on the same items (the standard
+    error of the difference from the per-item differences), and GRPO's reward at its start and end."""
+    from slm.run import Run
+
     out: dict[str, float] = {}
-    for key, run, secs in (("rl", rl_run, rl_secs), ("sft", sft_run, sft_secs)):
+    samples = sft_run / "samples.jsonl"
+    for key, run, secs in (("sft", sft_run, sft_secs), ("rl", rl_run, rl_secs)):
         ckpt = Run(run).latest_checkpoint()
         if ckpt is None:
             raise SystemExit(f"{run} wrote no checkpoint in {secs:.0f} s")
-        a = accuracy(ckpt, data)
+        a = accuracy(ckpt, data, samples if key == "sft" else None, samples if key == "rl" else None)
         out[f"acc_{key}"], out[f"acc_{key}_harder"] = a["test"], a["test_harder"]
         out[f"{key}_steps"] = json.loads((ckpt / "meta.json").read_text())["step"]
-        out[f"{key}_seconds"] = round(secs)
+        out[f"{key}_seconds"] = round(secs) if secs == secs else None
+    for name, key in (("test", "rl_minus_sft"), ("test_harder", "rl_minus_sft_harder")):
+        out[key] = round(a[f"{name}_vs"]["difference"], 4)
+        out[f"{key}_stderr"] = round(a[f"{name}_vs"]["difference_stderr"], 4)
     rewards = [m["reward"] for m in Run(rl_run).metrics() if "reward" in m]
     k = max(1, len(rewards) // 5)
     out["rl_reward_first"] = round(statistics.mean(rewards[:k]), 4)
@@ -310,6 +338,9 @@ def main() -> None:
         help="the SFT model GRPO and more SFT start from, and the style of the more-SFT data",
     )
     ap.add_argument("--rl-seed", type=int, default=None, help="train.seed of both stage-2 runs (default: the recipe's)")
+    ap.add_argument(
+        "--rl-rescore", action="store_true", help="score existing stage-2 runs (paired) instead of training them"
+    )
     ap.add_argument("--skip", default="", help="stages to leave out: comma-separated of rl, synth, rollouts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slm-reasoning"))
     args = ap.parse_args()
@@ -362,7 +393,8 @@ def main() -> None:
             f"from the {args.rl_from} model ({out['acc_sft_start']:.3f}): {args.rl_seconds:.0f} s of GRPO -> "
             f"{out['acc_rl']:.3f} ({out['rl_steps']} steps, reward {out['rl_reward_first']:.3f} -> "
             f"{out['rl_reward_last']:.3f}; harder {out['acc_rl_harder']:.3f}); of more SFT -> {out['acc_sft']:.3f} "
-            f"({out['sft_steps']} steps; harder {out['acc_sft_harder']:.3f})"
+            f"({out['sft_steps']} steps; harder {out['acc_sft_harder']:.3f}); GRPO - SFT, paired: "
+            f"{out['rl_minus_sft']:+.3f} +- {out['rl_minus_sft_stderr']:.3f}"
             f"  ({time.time() - t0:.0f} s)",
             flush=True,
         )

@@ -195,6 +195,19 @@ def test_sliding_window_bpb_matches_direct_computation(model, tok):
     assert sum(token_byte_lengths(tok)[tok.encode(long).ids]) == r2["bytes"]
 
 
+def test_paired_difference_on_a_hand_computed_example():
+    from slm.eval.harness import paired_difference
+
+    # Differences 0, 1, -1, 0, 1: mean 0.2, sample variance (0.04 + 0.64 + 1.44 + 0.04 + 0.64) / 4 = 0.7.
+    r = paired_difference([True, True, False, False, True], [True, False, True, False, False])
+    assert r["difference"] == pytest.approx(0.2) and r["difference_stderr"] == pytest.approx((0.7 / 5) ** 0.5)
+    assert (r["only_a"], r["only_b"], r["n"]) == (2, 1, 5)
+    same = paired_difference([True, False, True], [True, False, True])  # identical verdicts: no doubt at all
+    assert same["difference"] == 0 and same["difference_stderr"] == 0
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([True], [True, False])
+
+
 def test_answer_extraction():
     assert extract_answer("The answer is 42.\n", r"(-?\d+)") == "42"
     assert extract_answer("no number", r"(\d+)") == ""
@@ -295,8 +308,14 @@ def test_evaluate_run_end_to_end(tiny_cfg, tmp_path: Path):
     heldout = tmp_path / "corpus" / "hamlet.txt"
     r = evaluate(tmp_path / "run", [str(task), str(gen)], [str(heldout)], console=QUIET)
     assert r["tasks"]["t"]["n"] == 4 and 0 <= r["tasks"]["t"]["acc"] <= 1 and r["tasks"]["t"]["num_fewshot"] == 0
-    shots = evaluate(tmp_path / "run", [str(task)], [], out=tmp_path / "s.json", console=QUIET, num_fewshot=2)
+    shots = evaluate(
+        tmp_path / "run", [str(task)], [], out=tmp_path / "s.json", console=QUIET, num_fewshot=2, samples=tmp_path / "s"
+    )
     assert shots["tasks"]["t"]["num_fewshot"] == 2 and shots["tasks"]["t"]["n"] == 4
+    recs = [json.loads(x) for x in (tmp_path / "s").read_text().splitlines()]  # one per item, with its scores
+    assert [len(r["logprobs"]) for r in recs] == [2] * 4 and [r["answer"] for r in recs] == [0, 1, 0, 1]
+    assert [r["correct"] for r in recs] == [int(np.argmax(r["logprobs"])) == r["answer"] for r in recs]
+    assert sum(r["correct"] for r in recs) / 4 == pytest.approx(shots["tasks"]["t"]["acc"])
     from slm.eval.evaluate import results_table
 
     shown = Console(record=True, width=120)

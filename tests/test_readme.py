@@ -37,6 +37,7 @@ SKIP = {
     "my-data.toml": "the reader's own recipe (the TOML below it names the reader's files)",
     "slm serve": "a server runs until stopped: started in the background for the Python example that talks to it",
     "runs/my-chat-model": "the reader's own chat model; tests/test_reason_tasks.py evaluates such task files",
+    "sft.jsonl": "the reader's own SFT and RL runs; tests/test_reason_tasks.py runs --samples and --compare",
 }
 # Blocks that continue the folder of an earlier block (first command of each), as a reader would.
 AFTER = {

@@ -149,6 +149,40 @@ def test_eval_judges_replies_with_the_tasks_checker_in_the_chat_template(chat_ru
         load_task(str(tmp_path / "t/bad.yaml"))
 
 
+def test_eval_samples_hold_every_reply_and_compare_pairs_them_item_by_item(chat_run, tmp_path, monkeypatch):
+    make_tasks("arithmetic", tmp_path / "t", train=10, test=6, level=2, style="answer")
+    task = str(tmp_path / "t/test.yaml")
+    rows = [json.loads(x) for x in (tmp_path / "t/test.jsonl").read_text().splitlines()]
+    monkeypatch.setitem(checkers.CHECKERS, "arithmetic", lambda row, text: row["meta"]["a"] % 2 == 0)
+    quiet = Console(quiet=True)
+    a = evaluate(str(chat_run), [task], [], console=quiet, out=tmp_path / "a.json", samples=tmp_path / "a.jsonl")
+    recs = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    mine = [row["meta"]["a"] % 2 == 0 for row in rows]
+    assert [r["index"] for r in recs] == list(range(6)) and {r["task"] for r in recs} == {"arithmetic_test"}
+    assert [r["correct"] for r in recs] == mine and [r["answer"] for r in recs] == [row["answer"] for row in rows]
+    assert all(isinstance(r["reply"], str) for r in recs) and a["samples"] == str(tmp_path / "a.jsonl")
+    assert a["tasks"]["arithmetic_test"]["exact_match"] == pytest.approx(sum(mine) / 6)
+    # Another model's verdicts on the same items: the first two right, the rest wrong.
+    theirs = [i < 2 for i in range(6)]
+    other = tmp_path / "b.jsonl"
+    other.write_text("".join(json.dumps(r | {"correct": t}) + "\n" for r, t in zip(recs, theirs, strict=True)))
+    b = evaluate(str(chat_run), [task], [], console=quiet, out=tmp_path / "b.json", compare=other)
+    c = b["tasks"]["arithmetic_test"]["compared"]
+    d = [int(m) - int(t) for m, t in zip(mine, theirs, strict=True)]
+    mean = sum(d) / 6
+    assert c["difference"] == pytest.approx(mean) and c["n"] == 6 and c["against"] == str(other)
+    assert c["difference_stderr"] == pytest.approx((sum((x - mean) ** 2 for x in d) / 5 / 6) ** 0.5)
+    assert (c["only_a"], c["only_b"]) == (d.count(1), d.count(-1))
+    # Not the same items, not a samples file, no file: refused before the model loads, naming the file.
+    with pytest.raises(SlmError, match=r"b\.jsonl has 6 items of task arithmetic_test, this evaluation 3"):
+        evaluate(str(chat_run), [task], [], console=quiet, limit=3, compare=other)
+    other.write_text(json.dumps(recs[0]) + "\n" + "[1, 2]\n")
+    with pytest.raises(SlmError, match=r"b\.jsonl, line 2: not a record of `slm eval --samples`"):
+        evaluate(str(chat_run), [task], [], console=quiet, compare=other)
+    with pytest.raises(SlmError, match=r"nope\.jsonl not found"):
+        evaluate(str(chat_run), [task], [], console=quiet, compare=tmp_path / "nope.jsonl")
+
+
 def test_a_chat_task_refuses_a_base_model(tiny_cfg, tmp_path: Path):
     train(tiny_cfg, Run(tmp_path / "base"), console=Console(quiet=True), progress=False)
     make_tasks("arithmetic", tmp_path / "t", train=10, test=3, level=2, style="answer")

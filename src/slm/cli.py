@@ -917,6 +917,16 @@ def eval_cmd(
     ),
     quantize: Literal["int8", "w8a8"] | None = typer.Option(None, help=QUANTIZE_HELP + " To measure what it costs."),
     calibration: Path | None = typer.Option(None, help=CALIBRATION_HELP),
+    samples: Path | None = typer.Option(
+        None,
+        "--samples",
+        help="Write every task item's record (prompt, reply or choice scores, right or not) to this JSONL.",
+    ),
+    compare: Path | None = typer.Option(
+        None,
+        "--compare",
+        help="A --samples file of another model on the same items: also report the accuracy difference, paired.",
+    ),
 ) -> None:
     """Evaluate a model: multiple-choice and generative tasks, bits-per-byte on text.
 
@@ -925,6 +935,7 @@ def eval_cmd(
       slm eval runs/smollm2 --tasks mmlu_subset --limit 100
       slm eval runs/smollm2 --tasks mmlu_subset --num-fewshot 5
       slm eval path/to/model.gguf --tasks my_task.yaml --out results.json
+      slm eval runs/a --tasks t.yaml --samples a.jsonl; slm eval runs/b --tasks t.yaml --compare a.jsonl
     """
     from slm.eval.evaluate import evaluate
 
@@ -941,6 +952,8 @@ def eval_cmd(
         num_fewshot,
         quantize,
         calibration,
+        samples,
+        compare,
     )
 
 

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from slm.errors import SlmError
-from slm.eval.harness import score_generate, score_multiple_choice
-from slm.eval.tasks import load_task
+from slm.eval.harness import paired_difference, score_generate, score_multiple_choice
+from slm.eval.tasks import Task, load_task
 from slm.infer.template import chat_format
 from slm.model.load import load_model
 from slm.model.quant import calibration_file
@@ -36,7 +36,12 @@ def evaluate(
     num_fewshot: int | None = None,
     quantize: str | None = None,
     calibration: str | Path | None = None,
+    samples: Path | None = None,
+    compare: Path | None = None,
 ) -> dict[str, Any]:
+    """Score `source` on tasks and texts. samples: write every item's record (prompt, reply or choice
+    log-likelihoods, right or not) to this JSONL file. compare: a samples file of an earlier evaluation on
+    the same items; each task then also reports the accuracy difference with its paired standard error."""
     console = console or Console()
     if calibration is not None:
         calibration_file(calibration)
@@ -57,6 +62,9 @@ def evaluate(
         raise SlmError(f"--dtype {dtype} is not supported; use float32 or bfloat16")
     if out is not None and out.is_dir():
         raise SlmError(f"--out {out} is a folder; name the results file, e.g. {out / 'eval.json'}")
+    if samples is not None and samples.is_dir():
+        raise SlmError(f"--samples {samples} is a folder; name the file, e.g. {samples / 'samples.jsonl'}")
+    earlier = read_compare(compare, loaded_tasks) if compare is not None else {}
     results: dict[str, Any] = {
         "model": str(source),
         "tasks": {},
@@ -73,8 +81,10 @@ def evaluate(
         source, dtype=torch.bfloat16 if dtype == "bfloat16" else None, quantize=quantize, calibration=calibration
     )
     model, tok = loaded.model, loaded.tokenizer
+    records: list[dict] = []
     for task in loaded_tasks:
         t0 = time.perf_counter()
+        mine: list[dict] = []
         with progress(console, task.spec.name, len(task.items), ["{rate} items/s"], transient=True, rate="-") as bar:
 
             def tick(bar=bar, t0=t0) -> None:
@@ -82,14 +92,18 @@ def evaluate(
                 bar.update(completed=done, rate=f"{done / (time.perf_counter() - t0):.1f}")
 
             if task.spec.type == "multiple_choice":
-                r = score_multiple_choice(model, tok, task, tick)
+                r = score_multiple_choice(model, tok, task, tick, samples=mine)
             else:
                 fmt = None
                 if task.spec.chat:  # refused for a base model, with the reason
                     fmt = chat_format(tok, loaded.chat_template, None, loaded.config.tokenizer.eos_token)
                 stops = end_ids(tok, loaded.config.tokenizer.eos_token)
-                r = score_generate(model, tok, task, stops, tick, chat=fmt)
+                r = score_generate(model, tok, task, stops, tick, chat=fmt, samples=mine)
         r["num_fewshot"] = task.spec.num_fewshot
+        if task.spec.name in earlier:
+            paired = paired_difference([x["correct"] for x in mine], earlier[task.spec.name])
+            r["compared"] = {"against": str(compare), **paired}
+        records += mine
         r["items_per_sec"] = len(task.items) / (time.perf_counter() - t0)
         results["tasks"][task.spec.name] = r
     # The document separator is the natural start token; chat models' eos (<|im_end|>) is not.
@@ -98,6 +112,12 @@ def evaluate(
     for t in texts:
         results["texts"][t] = text_bpb(model, tok, texts_read[t], start, window)
     console.print(results_table(results))
+    if samples is not None:
+        try:
+            atomic_write_text(samples, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records))
+        except OSError as e:
+            raise SlmError(f"cannot write --samples {samples} ({e.strerror or e})") from None
+        results["samples"] = str(samples)
     path = out or (loaded.run / "eval.json" if loaded.run else None)
     if path:
         try:
@@ -106,6 +126,46 @@ def evaluate(
             raise SlmError(f"cannot write {path} ({e.strerror or e}); the results are printed above") from None
         results["written_to"] = str(path)
     return results
+
+
+def read_compare(path: Path, tasks: list[Task]) -> dict[str, list[bool]]:
+    """Per task, the right/wrong of each item in an earlier `--samples` file, checked to be the same items
+    (same count, same prompts) as this evaluation's, before any model loads."""
+    if not path.is_file():
+        raise SlmError(f"--compare {path} not found; pass a file written by `slm eval --samples`")
+    by_task: dict[str, list[dict]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if (
+            not isinstance(rec, dict)
+            or not {"task", "index", "prompt", "correct"} <= rec.keys()
+            or not isinstance(rec["index"], int)
+        ):
+            raise SlmError(f"--compare {path}, line {n}: not a record of `slm eval --samples`")
+        by_task.setdefault(str(rec["task"]), []).append(rec)
+    out = {}
+    for task in tasks:
+        name = task.spec.name
+        recs = sorted(by_task.get(name, []), key=lambda r: int(r["index"]))
+        if not recs:
+            raise SlmError(
+                f"--compare {path} has no items of task {name}; evaluate the other model on it with --samples"
+            )
+        if len(recs) != len(task.items):
+            raise SlmError(
+                f"--compare {path} has {len(recs)} items of task {name}, this evaluation {len(task.items)}: "
+                "score the same items (the same --limit)"
+            )
+        for i, (rec, item) in enumerate(zip(recs, task.items, strict=True)):
+            if rec["prompt"] != item.prompt:
+                raise SlmError(
+                    f"--compare {path}: item {i + 1} of task {name} has another prompt; score the same items"
+                )
+        out[name] = [bool(r["correct"]) for r in recs]
+    return out
 
 
 def results_table(results: dict[str, Any]) -> Table:
@@ -118,6 +178,13 @@ def results_table(results: dict[str, Any]) -> Table:
             if metric in r:
                 err = r.get(f"{metric}_stderr")
                 table.add_row(label, metric, f"{r[metric]:.4f}", "-" if err is None else f"{err:.4f}", str(r["n"]))
+        if "compared" in r:
+            c = r["compared"]
+            metric = (
+                f"difference vs {Path(c['against']).name} "
+                f"(paired; right only here {c['only_a']}, only there {c['only_b']})"
+            )
+            table.add_row(label, metric, f"{c['difference']:+.4f}", f"{c['difference_stderr']:.4f}", str(c["n"]))
     for name, r in results["texts"].items():
         table.add_row(Path(name).name, "bits-per-byte", f"{r['bpb']:.4f}", "", f"{r['bytes']:,} B")
     return table

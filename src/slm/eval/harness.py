@@ -220,7 +220,10 @@ def score_multiple_choice(
     on_item: Callable[[], None] | None = None,
     batch_size: int = 8,
     min_saved: int = MIN_SAVED,
+    samples: list[dict] | None = None,
 ) -> dict[str, float]:
+    """Accuracy (and lm-eval's acc_norm, and answer bits-per-byte) by log-likelihood of each choice; with
+    samples, one record per item is appended to it (what `slm eval --samples` writes)."""
     prefix = task.spec.choice_prefix
     encoded = []
     for i, item in enumerate(task.items):
@@ -234,9 +237,12 @@ def score_multiple_choice(
     for item, lp in zip(task.items, scores, strict=True):
         assert isinstance(item.answer, int)
         lengths = [len((prefix + c).encode("utf-8")) for c in item.choices]
-        correct += int(np.argmax(lp)) == item.answer
+        right = int(np.argmax(lp)) == item.answer
+        correct += right
         # lm-evaluation-harness's acc_norm: log-likelihood per byte of the choice.
         correct_norm += int(np.argmax([s / max(n, 1) for s, n in zip(lp, lengths, strict=True)])) == item.answer
+        if samples is not None:
+            samples.append(sample_record(task, len(samples), item, {"logprobs": [float(x) for x in lp]}, right))
         answer_bits -= lp[item.answer] / math.log(2)
         answer_bytes += lengths[item.answer]
     n = len(task.items)
@@ -248,6 +254,37 @@ def score_multiple_choice(
         "acc_norm": correct_norm / n,
         "acc_norm_stderr": stderr(correct_norm / n, n),
         "answer_bpb": answer_bits / max(answer_bytes, 1),
+        "n": n,
+    }
+
+
+def sample_record(task: Task, index: int, item: Item, scored: dict, correct: bool) -> dict:
+    """One line of `slm eval --samples`: the item, how it was scored, and whether it was right."""
+    return {
+        "task": task.spec.name,
+        "index": index,
+        "prompt": item.prompt,
+        "answer": item.answer,
+        **scored,
+        "correct": bool(correct),
+    }
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> dict[str, float]:
+    """Accuracy of a minus accuracy of b on the same items, with the standard error of that difference
+    computed from the per-item differences: two models' errors on the same items are correlated, so this is
+    smaller than the unpaired sqrt(se_a^2 + se_b^2) and the honest error bar for "is a better than b"."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired scores need the same items ({len(a)} against {len(b)})")
+    d = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else float("nan")
+    return {
+        "difference": mean,
+        "difference_stderr": math.sqrt(var / n),
+        "only_a": sum(x > 0 for x in d),
+        "only_b": sum(x < 0 for x in d),
         "n": n,
     }
 
@@ -301,9 +338,11 @@ def score_generate(
     on_item: Callable[[], None] | None = None,
     max_batch: int = 16,
     chat: ChatFormat | None = None,
+    samples: list[dict] | None = None,
 ) -> dict[str, float]:
     """Greedy generation for every item, batched on the engine, then exact match after answer_regex, or
-    the task's checker. chat: how a task with `chat: true` renders its prompt as a user message."""
+    the task's checker. chat: how a task with `chat: true` renders its prompt as a user message. samples:
+    one record per item is appended to it, the reply included."""
     params = SamplingParams(max_tokens=task.spec.max_new_tokens, temperature=0.0, stop=task.spec.stop)
     correct = 0
     with Engine(model, tok, stop_ids, max_batch=max_batch) as engine:
@@ -313,6 +352,10 @@ def score_generate(
             if event.finish_reason is not None and on_item:
                 on_item()
         for i, item in zip(ids, task.items, strict=True):
-            correct += judge(task, item, engine.result(i).text)
+            reply = engine.result(i).text
+            right = judge(task, item, reply)
+            correct += right
+            if samples is not None:
+                samples.append(sample_record(task, len(samples), item, {"reply": reply}, right))
     n = len(task.items)
     return {"exact_match": correct / n, "exact_match_stderr": stderr(correct / n, n), "n": n}
