@@ -24,8 +24,9 @@
 --styles trains only some of the three (RL starts from the rationale model, so keep it for stage 2).
 --rl-from answer: stage 2 starts from the answer-only model instead, and its more SFT is on answers only.
 --rl-seed N: both stage-2 runs with train.seed N (run folders suffixed -seedN), for another draw of each.
-Stage 2 scores GRPO paired against more SFT on the same held-out items (`slm eval --samples/--compare`):
-rl_minus_sft and its standard error from the per-item differences. --rl-rescore: score the stage-2 runs an
+Stage 2 scores GRPO paired against more SFT, and both against their start, on the same held-out items
+(`slm eval --samples`): rl_minus_sft, rl_minus_start, sft_minus_start, each with its standard error from the
+per-item differences (what `slm eval --compare` reports). --rl-rescore: score the stage-2 runs an
 earlier invocation with the same options trained, without training them again.
 --quick: one seed, 300 steps, 120 s of RL and of SFT, 64 synth prompts, one round of 2 rollout steps (one
 warm-up, one measured).
@@ -89,23 +90,25 @@ def small_sft(tok: Path, data: Path, steps: int, seed: int, *extra: str):
     )
 
 
-def accuracy(run: Path, tasks: Path, samples: Path | None = None, compare: Path | None = None) -> dict:
-    """Held-out exact match at the training level and one harder; samples/compare as `slm eval`'s (then also
-    "<test>_vs": the paired difference from the compared model's samples)."""
+def accuracy(run: Path, tasks: Path, samples: Path | None = None) -> dict[str, float]:
+    """Held-out exact match at the training level and one harder; samples: every item's record, as
+    `slm eval --samples` writes them."""
     from slm.eval.evaluate import evaluate
 
-    r = evaluate(
-        str(run),
-        [str(tasks / "test.yaml"), str(tasks / "test_harder.yaml")],
-        [],
-        console=QUIET,
-        samples=samples,
-        compare=compare,
-    )
-    out: dict = {name: r["tasks"][f"{TASK}_{name}"]["exact_match"] for name in ("test", "test_harder")}
-    if compare is not None:
-        out |= {f"{name}_vs": r["tasks"][f"{TASK}_{name}"]["compared"] for name in ("test", "test_harder")}
-    return out
+    tests = [str(tasks / "test.yaml"), str(tasks / "test_harder.yaml")]
+    r = evaluate(str(run), tests, [], console=QUIET, samples=samples)
+    return {name: r["tasks"][f"{TASK}_{name}"]["exact_match"] for name in ("test", "test_harder")}
+
+
+def paired(a: Path, b: Path, name: str) -> dict[str, float]:
+    """Accuracy of model a minus model b on the items of one test, from their samples files, with the
+    standard error of the per-item differences (what `slm eval --compare` reports)."""
+    from slm.eval.harness import paired_difference
+
+    def right(p: Path) -> list[bool]:
+        return [r["correct"] for r in map(json.loads, p.read_text().splitlines()) if r["task"] == f"{TASK}_{name}"]
+
+    return paired_difference(right(a), right(b))
 
 
 def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
@@ -193,7 +196,7 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
     # 60); an answer is one expression
     limit = {"rationale": 128, "answer": 32}.get(style) if TASK == "countdown" else None
     if args.rl_rescore:  # score the runs an earlier invocation trained (paired), without training again
-        return score_stage2(rl_run, sft_run, data, float("nan"), float("nan"))
+        return score_stage2(start, rl_run, sft_run, data, float("nan"), float("nan"))
     for run in (rl_run, sft_run):
         shutil.rmtree(run, ignore_errors=True)
     rl_secs = for_seconds(
@@ -218,27 +221,33 @@ def rl_vs_sft(args, work: Path, seed: int, prompts: Path) -> dict[str, float]:
         ],
         args.rl_seconds,
     )  # fmt: skip
-    return score_stage2(rl_run, sft_run, data, rl_secs, sft_secs)
+    return score_stage2(start, rl_run, sft_run, data, rl_secs, sft_secs)
 
 
-def score_stage2(rl_run: Path, sft_run: Path, data: Path, rl_secs: float, sft_secs: float) -> dict[str, float]:
-    """Both stage-2 runs' held-out accuracy, GRPO's paired against more SFT's on the same items (the standard
-    error of the difference from the per-item differences), and GRPO's reward at its start and end."""
+def score_stage2(
+    start: Path, rl_run: Path, sft_run: Path, data: Path, rl_secs: float, sft_secs: float
+) -> dict[str, float]:
+    """Both stage-2 runs' held-out accuracy; GRPO paired against more SFT and both against their start, on the
+    same items (each difference's standard error from the per-item differences); GRPO's reward at its start
+    and end."""
     from slm.run import Run
 
     out: dict[str, float] = {}
-    samples = sft_run / "samples.jsonl"
+    files = {key: sft_run / f"samples-{key}.jsonl" for key in ("start", "sft", "rl")}
+    accuracy(start, data, files["start"])
     for key, run, secs in (("sft", sft_run, sft_secs), ("rl", rl_run, rl_secs)):
         ckpt = Run(run).latest_checkpoint()
         if ckpt is None:
             raise SystemExit(f"{run} wrote no checkpoint in {secs:.0f} s")
-        a = accuracy(ckpt, data, samples if key == "sft" else None, samples if key == "rl" else None)
+        a = accuracy(ckpt, data, files[key])
         out[f"acc_{key}"], out[f"acc_{key}_harder"] = a["test"], a["test_harder"]
         out[f"{key}_steps"] = json.loads((ckpt / "meta.json").read_text())["step"]
         out[f"{key}_seconds"] = round(secs) if secs == secs else None
-    for name, key in (("test", "rl_minus_sft"), ("test_harder", "rl_minus_sft_harder")):
-        out[key] = round(a[f"{name}_vs"]["difference"], 4)
-        out[f"{key}_stderr"] = round(a[f"{name}_vs"]["difference_stderr"], 4)
+    for a, b in (("rl", "sft"), ("rl", "start"), ("sft", "start")):
+        for name, tail in (("test", ""), ("test_harder", "_harder")):
+            d = paired(files[a], files[b], name)
+            out[f"{a}_minus_{b}{tail}"] = round(d["difference"], 4)
+            out[f"{a}_minus_{b}{tail}_stderr"] = round(d["difference_stderr"], 4)
     rewards = [m["reward"] for m in Run(rl_run).metrics() if "reward" in m]
     k = max(1, len(rewards) // 5)
     out["rl_reward_first"] = round(statistics.mean(rewards[:k]), 4)
@@ -394,7 +403,9 @@ def main() -> None:
             f"{out['acc_rl']:.3f} ({out['rl_steps']} steps, reward {out['rl_reward_first']:.3f} -> "
             f"{out['rl_reward_last']:.3f}; harder {out['acc_rl_harder']:.3f}); of more SFT -> {out['acc_sft']:.3f} "
             f"({out['sft_steps']} steps; harder {out['acc_sft_harder']:.3f}); GRPO - SFT, paired: "
-            f"{out['rl_minus_sft']:+.3f} +- {out['rl_minus_sft_stderr']:.3f}"
+            f"{out['rl_minus_sft']:+.3f} +- {out['rl_minus_sft_stderr']:.3f}; GRPO - start "
+            f"{out['rl_minus_start']:+.3f} +- {out['rl_minus_start_stderr']:.3f}; SFT - start "
+            f"{out['sft_minus_start']:+.3f} +- {out['sft_minus_start_stderr']:.3f}"
             f"  ({time.time() - t0:.0f} s)",
             flush=True,
         )

@@ -181,6 +181,22 @@ def test_rows_drawn_together_follow_the_filtered_distribution():
     assert torch.allclose(freq, want, atol=0.015)
 
 
+def test_a_draw_takes_one_number_of_its_stream_and_the_same_alone_as_in_a_batch():
+    """Speculative decoding and batching rely on it: the k-th draw of a seed uses the k-th number of its
+    stream, whatever row it sits in."""
+    from slm.infer.sampling import sample
+
+    p = SamplingParams(temperature=1.0)
+    logits = torch.randn(3, 50_000, generator=torch.Generator().manual_seed(1)) * 3
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+    together = [sample(logits, p, gens) for _ in range(4)]
+    for r, s in enumerate((5, 6, 7)):
+        g = torch.Generator().manual_seed(s)
+        torch.rand(2, generator=g, dtype=torch.float64)  # skip the first two draws' numbers
+        third = sample(logits[r : r + 1], p, [g])[0]
+        assert third == together[2][r]
+
+
 @pytest.mark.parametrize(
     "bad, name",
     [

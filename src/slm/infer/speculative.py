@@ -17,7 +17,7 @@ Drafters:
   target) proposes greedily, keeping a KV cache of its own in step with the engine's rows.
 
 Exact, greedy or sampled: at each position the model's own token is chosen as plain decoding would choose
-it (argmax, or a Gumbel-max draw that takes the same block of the sequence's random stream either way, see
+it (argmax, or a draw that takes the same number of the sequence's random stream either way, see
 sampling.sample), and a guess is kept only when it is that token. So a seed gives the very text it gives
 without guesses; a guess d is kept with probability p(d), as the speculative sampling rule of Leviathan
 et al. (2023) keeps a proposal that puts all its mass on d.
