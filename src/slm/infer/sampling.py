@@ -86,7 +86,7 @@ def sample(logits: torch.Tensor, p: SamplingParams, generators: list[torch.Gener
     tiny probability keep their share of the line; in float32 it would round away near the end."""
     w = filtered_logits(logits.cpu(), p).exp_()  # each row's largest logit is 0: weights in [0, 1]
     cdf = torch.cumsum(w, dim=-1, dtype=torch.float64)
-    u = torch.tensor([torch.rand(1, generator=g, dtype=torch.float64).item() for g in generators])
+    u = torch.tensor([torch.rand(1, generator=g, dtype=torch.float64).item() for g in generators], dtype=torch.float64)
     picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     # u < 1, so the point lies below the total and a token of positive weight is found, unless the product
     # rounded up to the total itself: then the likeliest token.
