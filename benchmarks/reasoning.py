@@ -103,10 +103,11 @@ def accuracy(run: Path, tasks: Path, samples: Path | None = None) -> dict[str, f
 def paired(a: Path, b: Path, name: str) -> dict[str, float]:
     """Accuracy of model a minus model b on the items of one test, from their samples files, with the
     standard error of the per-item differences (what `slm eval --compare` reports)."""
+    from slm.eval.evaluate import read_samples
     from slm.eval.harness import paired_difference
 
     def right(p: Path) -> list[bool]:
-        return [r["correct"] for r in map(json.loads, p.read_text().splitlines()) if r["task"] == f"{TASK}_{name}"]
+        return [r["correct"] for r in read_samples(p)[f"{TASK}_{name}"]]
 
     return paired_difference(right(a), right(b))
 
@@ -134,7 +135,7 @@ def styles(args, work: Path, seeds: list[int]) -> dict[str, dict[str, list[float
             if not (args.reuse and finished(run, args.steps)):
                 shutil.rmtree(run, ignore_errors=True)
                 train(cfg, Run(run), SftObjective(cfg), console=QUIET, progress=False)
-            for name, v in accuracy(run, data).items():
+            for name, v in accuracy(run, data, run / "samples.jsonl").items():  # samples: stage 2 pairs with them
                 acc[style][name].append(v)
             print(
                 f"seed {seed} {style:9s} test {acc[style]['test'][-1]:.3f}  harder {acc[style]['test_harder'][-1]:.3f}"
@@ -233,8 +234,8 @@ def score_stage2(
     from slm.run import Run
 
     out: dict[str, float] = {}
-    files = {key: sft_run / f"samples-{key}.jsonl" for key in ("start", "sft", "rl")}
-    accuracy(start, data, files["start"])
+    # the start's samples: written when styles() scored it, earlier in the same invocation
+    files = {"start": start / "samples.jsonl", **{key: sft_run / f"samples-{key}.jsonl" for key in ("sft", "rl")}}
     for key, run, secs in (("sft", sft_run, sft_secs), ("rl", rl_run, rl_secs)):
         ckpt = Run(run).latest_checkpoint()
         if ckpt is None:

@@ -128,11 +128,9 @@ def evaluate(
     return results
 
 
-def read_compare(path: Path, tasks: list[Task]) -> dict[str, list[bool]]:
-    """Per task, the right/wrong of each item in an earlier `--samples` file, checked to be the same items
-    (same count, same prompts) as this evaluation's, before any model loads."""
-    if not path.is_file():
-        raise SlmError(f"--compare {path} not found; pass a file written by `slm eval --samples`")
+def read_samples(path: Path) -> dict[str, list[dict]]:
+    """A file `slm eval --samples` wrote: each task's records in item order; a line that is not one of its
+    records is refused with its number."""
     by_task: dict[str, list[dict]] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
@@ -144,12 +142,24 @@ def read_compare(path: Path, tasks: list[Task]) -> dict[str, list[bool]]:
             or not {"task", "index", "prompt", "correct"} <= rec.keys()
             or not isinstance(rec["index"], int)
         ):
-            raise SlmError(f"--compare {path}, line {n}: not a record of `slm eval --samples`")
+            raise SlmError(f"{path}, line {n}: not a record of `slm eval --samples`")
         by_task.setdefault(str(rec["task"]), []).append(rec)
+    return {name: sorted(recs, key=lambda r: r["index"]) for name, recs in by_task.items()}
+
+
+def read_compare(path: Path, tasks: list[Task]) -> dict[str, list[bool]]:
+    """Per task, the right/wrong of each item in an earlier `--samples` file, checked to be the same items
+    (same count, same prompts) as this evaluation's, before any model loads."""
+    if not path.is_file():
+        raise SlmError(f"--compare {path} not found; pass a file written by `slm eval --samples`")
+    try:
+        by_task = read_samples(path)
+    except SlmError as e:
+        raise SlmError(f"--compare {e}") from None
     out = {}
     for task in tasks:
         name = task.spec.name
-        recs = sorted(by_task.get(name, []), key=lambda r: int(r["index"]))
+        recs = by_task.get(name, [])
         if not recs:
             raise SlmError(
                 f"--compare {path} has no items of task {name}; evaluate the other model on it with --samples"

@@ -234,7 +234,7 @@ def score_multiple_choice(
     scores = _Scorer(model, encoded, batch_size, min_saved, lambda i: on_item() if on_item else None).run()
     correct = correct_norm = 0
     answer_bits = answer_bytes = 0.0
-    for item, lp in zip(task.items, scores, strict=True):
+    for i, (item, lp) in enumerate(zip(task.items, scores, strict=True)):
         assert isinstance(item.answer, int)
         lengths = [len((prefix + c).encode("utf-8")) for c in item.choices]
         right = int(np.argmax(lp)) == item.answer
@@ -242,7 +242,7 @@ def score_multiple_choice(
         # lm-evaluation-harness's acc_norm: log-likelihood per byte of the choice.
         correct_norm += int(np.argmax([s / max(n, 1) for s, n in zip(lp, lengths, strict=True)])) == item.answer
         if samples is not None:
-            samples.append(sample_record(task, len(samples), item, {"logprobs": [float(x) for x in lp]}, right))
+            samples.append(sample_record(task, i, item, {"logprobs": [float(x) for x in lp]}, right))
         answer_bits -= lp[item.answer] / math.log(2)
         answer_bytes += lengths[item.answer]
     n = len(task.items)
@@ -351,11 +351,11 @@ def score_generate(
         for event in engine.stream():
             if event.finish_reason is not None and on_item:
                 on_item()
-        for i, item in zip(ids, task.items, strict=True):
+        for k, (i, item) in enumerate(zip(ids, task.items, strict=True)):
             reply = engine.result(i).text
             right = judge(task, item, reply)
             correct += right
             if samples is not None:
-                samples.append(sample_record(task, len(samples), item, {"reply": reply}, right))
+                samples.append(sample_record(task, k, item, {"reply": reply}, right))
     n = len(task.items)
     return {"exact_match": correct / n, "exact_match_stderr": stderr(correct / n, n), "n": n}
