@@ -22,8 +22,10 @@ import torch
 from generation import machine
 
 from slm.config import Config, validate_config
+from slm.model import matmul
 from slm.model.transformer import Transformer
 from slm.train.loop import autocast_for, make_optimizer
+from slm.train.memory import reuse_freed_memory
 
 
 def main() -> None:
@@ -47,9 +49,21 @@ def main() -> None:
         action="store_true",
         help="also print torch.profiler's top operators over 5 steps, by kind and by input shape",
     )
+    ap.add_argument(
+        "--no-onednn",
+        action="store_true",
+        help="float32 CPU products all in MKL, as before slm.model.matmul (benchmarks/cpu_kernels.py compares)",
+    )
+    ap.add_argument(
+        "--no-malloc", action="store_true", help="leave glibc's allocator as it is (slm.train.memory not applied)"
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if args.no_onednn:
+        matmul.ONEDNN_MAX_INNER = 0
+    if args.device == "cpu" and not args.no_malloc:
+        reuse_freed_memory()  # as slm train does on a CPU
     torch.manual_seed(0)
     cfg: Config = validate_config(
         {
@@ -115,6 +129,8 @@ def main() -> None:
                 "steps": args.steps,
                 "dtype": dtype,
                 "compile": args.compile,
+                "onednn": not args.no_onednn,
+                "malloc": not args.no_malloc,
                 "page_faults_per_step": round(faults / args.steps, 1),
                 "threads": torch.get_num_threads(),
                 "device": args.device,

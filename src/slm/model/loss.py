@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from slm.data.batch import IGNORE
+from slm.model.matmul import mm_nt
 
 CHUNK_ELEMENTS = 1 << 21  # 8 MB of fp32: temporaries stay in cache and in malloc's reusable pool
 
@@ -103,12 +104,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=exact, device=h.device) if need_grad else None
         # One logits buffer for every chunk: a fresh (512, V) block each time came back from the C allocator as
         # new pages, and faulting them in nearly doubled the projection's time in a training step (10.4 against
-        # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile).
+        # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile). It serves
+        # MKL's products; oneDNN's (slm.model.matmul, where faster) are new tensors, which the training loop's
+        # allocator setting (slm.train.memory) serves from reused memory too.
         buf = torch.empty(min(HEAD_CHUNK_ROWS, h.size(0)), weight.size(0), dtype=dtype, device=h.device)
         for a in range(0, h.size(0), HEAD_CHUNK_ROWS):
             rows = slice(a, a + HEAD_CHUNK_ROWS)
             chunk = hc[rows]
-            logits = torch.mm(chunk, wc.t(), out=buf[: chunk.size(0)]).to(exact)
+            logits = mm_nt(chunk, wc, out=buf[: chunk.size(0)]).to(exact)
             picked = logits.gather(1, safe[rows, None]).squeeze(1)
             top = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(top).exp_()  # one exponential pass serves the loss and the gradient

@@ -20,6 +20,7 @@ from torch import nn
 
 from slm.config import ModelConfig
 from slm.model.loss import cross_entropy, linear_cross_entropy
+from slm.model.matmul import linear, onednn_available
 
 
 class RMSNorm(nn.Module):
@@ -145,7 +146,7 @@ class Linear(nn.Linear):
             return y.reshape(*x.shape[:-1], q.size(0))
         if self.packed is not None:
             return decode_linear(x, self.packed, self.fp16)
-        return F.linear(x, self.weight)
+        return linear(x, self.weight)
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
@@ -172,12 +173,7 @@ PACK_ROWS = 32
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    return (
-        device.type == "cpu"
-        and dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    return onednn_available(device, dtype) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class _Step:

@@ -30,6 +30,7 @@ from slm.progress import progress as show_progress
 from slm.run import Run, read_json
 from slm.tokenizer import tokenizer_hash
 from slm.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from slm.train.memory import reuse_freed_memory
 from slm.train.objective import Env, Objective
 from slm.train.samples import write_samples
 from slm.train.schedule import lr_at
@@ -150,6 +151,7 @@ def train(
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if device.type == "cpu":
         torch.set_num_threads(threads)
+        reuse_freed_memory()
     say: Callable[[str], None] = (
         (lambda m: console.print(m, markup=False, highlight=False)) if d.master else (lambda m: None)
     )

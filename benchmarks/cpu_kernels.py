@@ -1,0 +1,115 @@
+"""The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
+whole step with and without each choice.
+
+    python benchmarks/cpu_kernels.py [--part products|step|all] [--rounds 5]
+
+products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
+          352, vocabulary 4,096 in 512-row chunks), forward x @ W.T and backward g @ W, by MKL (torch.mm)
+          and by oneDNN (the op slm.model.matmul uses), alternated in rounds; median GFLOP/s of each. Also
+          a sweep of the inner dimension (64 to 1,536) at 4,096 rows, which sets ONEDNN_MAX_INNER.
+step      benchmarks/train_throughput.py at the quickstart's shape in four ways, alternated --rounds times,
+          each in a fresh process: as slm trains (oneDNN where faster, glibc told to reuse freed memory),
+          without oneDNN, without the allocator setting, and with neither (as before both). Median tokens/s
+          of each and the ratios of medians to "neither".
+
+Prints one JSON line per measurement and a summary line per part; the first line names the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from generation import machine
+
+HERE = Path(__file__).resolve().parent
+SHAPE = ["--n-layer", "4", "--n-head", "4", "--d-model", "128", "--seq-len", "256", "--batch-size", "16"]
+WAYS = {
+    "slm": [],
+    "no_onednn": ["--no-onednn"],
+    "no_malloc": ["--no-malloc"],
+    "neither": ["--no-onednn", "--no-malloc"],
+}
+
+
+def onednn(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+
+
+def timed(fns: dict, rounds: int, reps: int = 6) -> dict[str, float]:
+    """Median seconds of each function, the functions alternated within every round."""
+    seconds: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+        f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                f()
+                seconds[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in seconds.items()}
+
+
+def products(rounds: int) -> None:
+    # (name, rows, inner, outer): forward x @ W.T has inner = in_features; backward g @ W has inner = out.
+    cases = [
+        ("q/k/v/o forward", 4096, 128, 128),
+        ("gate/up forward", 4096, 128, 352),
+        ("down forward", 4096, 352, 128),
+        ("q/k/v/o backward", 4096, 128, 128),
+        ("down backward", 4096, 128, 352),
+        ("gate/up backward", 4096, 352, 128),
+        ("head chunk forward", 512, 128, 4096),
+        *[(f"sweep inner {k}", 4096, k, 3 * k) for k in (64, 128, 192, 256, 384, 576, 768, 1536)],
+    ]
+    for name, rows, inner, outer in cases:
+        a, w = torch.randn(rows, inner), torch.randn(outer, inner)
+        if "backward" in name:  # g @ W for a weight W (inner, outer): oneDNN gets W's transpose as a view
+            w = torch.randn(inner, outer).t()
+        t = timed({"mkl": lambda a=a, w=w: torch.mm(a, w.t()), "onednn": lambda a=a, w=w: onednn(a, w)}, rounds)
+        flop = 2 * rows * inner * outer
+        gf = {k: round(flop / v / 1e9, 1) for k, v in t.items()}
+        row = {"bench": "cpu_kernels.product", "case": name, "rows": rows, "inner": inner, "outer": outer}
+        print(json.dumps({**row, "mkl_gflops": gf["mkl"], "onednn_gflops": gf["onednn"],
+                          "onednn_over_mkl": round(gf["onednn"] / gf["mkl"], 3)}), flush=True)  # fmt: skip
+
+
+def step(rounds: int, steps: int) -> None:
+    got: dict[str, list[float]] = {k: [] for k in WAYS}
+    for r in range(rounds):
+        for way, flags in WAYS.items():
+            cmd = [sys.executable, str(HERE / "train_throughput.py"), *SHAPE, "--vocab-size", "4096"]
+            p = subprocess.run([*cmd, "--steps", str(steps), *flags], capture_output=True, text=True, check=True)
+            line = json.loads(p.stdout.strip().splitlines()[-1])
+            got[way].append(line["tokens_per_sec"])
+            print(json.dumps({"bench": "cpu_kernels.step", "way": way, "round": r, "tokens_per_sec":
+                              line["tokens_per_sec"], "page_faults_per_step": line["page_faults_per_step"]}),
+                  flush=True)  # fmt: skip
+    med = {k: statistics.median(v) for k, v in got.items()}
+    print(json.dumps({"bench": "cpu_kernels.step", "rounds": rounds, "steps": steps,
+                      **{f"{k}_tokens_per_sec": v for k, v in med.items()},
+                      **{f"{k}_over_neither": round(v / med["neither"], 3) for k, v in med.items()}}))  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["products", "step", "all"], default="all")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step)")
+    args = ap.parse_args()
+    print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
+    if args.part in ("products", "all"):
+        products(args.rounds)
+    if args.part in ("step", "all"):
+        step(args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()

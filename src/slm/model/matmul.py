@@ -1,0 +1,81 @@
+"""Which kernel multiplies by a weight on a CPU in float32: PyTorch's default (MKL) or oneDNN.
+
+PyTorch sends a float32 product to MKL. oneDNN, which PyTorch also ships (and uses for bf16 and for
+torch.compile's CPU inference path), is faster when the inner dimension is short: on a 2-core AMD EPYC (Zen 2,
+AVX2), 1.07-1.24x MKL's speed at the quickstart's products of inner dimension 128 (4,096 rows), and 1.42x for
+its head chunk (512 x 128 by 128 x 4,096: 175 GFLOP/s against 123); from an inner dimension of 192 on,
+the two were level within 5 % either way (`python benchmarks/cpu_kernels.py --part products`). In a whole
+training step at the quickstart's shape, these products with the allocator setting of slm.train.memory
+made the step 1.03x faster (`python benchmarks/cpu_kernels.py --part step`).
+
+oneDNN's product is `torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU path emits; it is a
+private op, so every use goes through `onednn_available`, which checks that this PyTorch build has it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Products whose inner dimension is at most this run in oneDNN (see the module docstring).
+ONEDNN_MAX_INNER = 128
+
+
+def onednn_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """oneDNN can multiply float32 tensors on this device in this PyTorch build."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def onednn_ok(x: torch.Tensor, inner: int) -> bool:
+    """x (times a weight, over an inner dimension this long) is better multiplied by oneDNN, outside
+    autocast (whose products are bf16 and already go to oneDNN) and outside torch.compile (which picks its
+    own kernels)."""
+    return (
+        inner <= ONEDNN_MAX_INNER
+        and onednn_available(x.device, x.dtype)
+        and not torch.is_autocast_enabled(x.device.type)
+        and not torch.compiler.is_compiling()
+    )
+
+
+def mm_nt(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ w.T for 2-D a (N, K) and w (M, K), without autograd, in the faster kernel. `out` is where MKL
+    writes the product; oneDNN's is always a new tensor."""
+    if onednn_ok(a, a.size(1)) and w.dtype == a.dtype:
+        return onednn_product(a, w)
+    return torch.mm(a, w.t(), out=out)
+
+
+def onednn_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a @ w.T by oneDNN (a: (N, K), w: (M, K); w may be a transposed view)."""
+    return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        flat = x.reshape(-1, x.size(-1))
+        return mm_nt(flat, w).view(*x.shape[:-1], w.size(0))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        g = grad.reshape(-1, grad.size(-1))
+        # d x = g @ w, whose inner dimension is w's rows: g @ (w.T).T
+        dx = mm_nt(g, w.t()).view(x.shape) if ctx.needs_input_grad[0] else None
+        # d w = g.T @ x runs over every row (a long inner dimension): MKL's, as nn.Linear's backward would
+        dw = torch.mm(g.t(), x.reshape(-1, x.size(-1))) if ctx.needs_input_grad[1] else None
+        return dx, dw
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w) without a bias, with its products (forward and backward) in the faster CPU kernel."""
+    if w.dtype == x.dtype and (onednn_ok(x, x.size(-1)) or onednn_ok(x, w.size(0))):
+        return _Linear.apply(x, w)
+    return F.linear(x, w)

@@ -1,0 +1,124 @@
+"""The CPU kernel choice of slm.model.matmul and the allocator setting of slm.train.memory: the same
+numbers as PyTorch's own path, the oneDNN path taken exactly where it should be, memory reused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slm.data.batch import IGNORE
+from slm.model import matmul
+from slm.model.loss import linear_cross_entropy
+
+pytestmark = pytest.mark.skipif(
+    not matmul.onednn_available(torch.device("cpu"), torch.float32), reason="this PyTorch build has no oneDNN"
+)
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple[int, int]]:
+    """The (rows, inner) of every product sent to oneDNN."""
+    seen: list[tuple[int, int]] = []
+    real = matmul.onednn_product
+
+    def spy(a, w):
+        seen.append(tuple(a.shape))
+        return real(a, w)
+
+    monkeypatch.setattr(matmul, "onednn_product", spy)
+    return seen
+
+
+@pytest.mark.parametrize("d_in,d_out", [(48, 80), (96, 300), (300, 64), (256, 256)])
+def test_linear_matches_pytorch_forward_and_backward(d_in, d_out, calls):
+    torch.manual_seed(0)
+    x0, w0 = torch.randn(3, 37, d_in), torch.randn(d_out, d_in) / d_in**0.5
+    g = torch.randn(3, 37, d_out)
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    y = matmul.linear(x, w)
+    y.backward(g)
+    x2, w2 = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    y2 = F.linear(x2, w2)
+    y2.backward(g)
+    assert y.shape == y2.shape
+    assert torch.allclose(y, y2, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(w.grad, w2.grad, rtol=1e-5, atol=1e-4)
+    # forward goes to oneDNN when d_in is short, the input's gradient when d_out is; the weight's never
+    want = [(111, d_in)] * (d_in <= matmul.ONEDNN_MAX_INNER) + [(111, d_out)] * (d_out <= matmul.ONEDNN_MAX_INNER)
+    assert calls == want
+
+
+def test_linear_leaves_other_dtypes_autocast_and_frozen_inputs_to_pytorch(calls):
+    w = torch.randn(16, 8, requires_grad=True)
+    x = torch.randn(5, 8)
+    assert torch.equal(matmul.linear(x.double(), w.double()), F.linear(x.double(), w.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert matmul.linear(x, w).dtype == torch.bfloat16
+    assert calls == []
+    matmul.linear(x, w).sum().backward()  # x needs no gradient: one oneDNN product, the forward
+    assert calls == [(5, 8)] and w.grad is not None
+
+
+def test_chunked_head_in_float32_matches_the_whole_logits(calls, monkeypatch):
+    import slm.model.loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "HEAD_CHUNK_ROWS", 16)
+    torch.manual_seed(1)
+    h0, w0 = torch.randn(40, 32), torch.randn(500, 32) / 4
+    t = torch.randint(0, 500, (40,))
+    t[::5] = IGNORE
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    linear_cross_entropy(h, w, t).backward()
+    h2, w2 = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    expect = F.cross_entropy(h2 @ w2.t(), t, ignore_index=IGNORE)
+    expect.backward()
+    assert torch.allclose(linear_cross_entropy(h0, w0, t), expect.detach(), atol=1e-5)
+    assert torch.allclose(h.grad, h2.grad, atol=1e-6) and torch.allclose(w.grad, w2.grad, atol=1e-6)
+    assert calls[:3] == [(16, 32), (16, 32), (8, 32)]  # each chunk's logits by oneDNN
+
+
+# A child process runs training steps of a small model and prints the page faults of a step: glibc serves the
+# step's large tensors from fresh memory every step (thousands of faults) unless reuse_freed_memory() ran first.
+CHILD = """
+import resource, sys, torch
+from slm.config import ModelConfig
+from slm.model.transformer import Transformer
+from slm.train.memory import reuse_freed_memory
+applied = reuse_freed_memory() if sys.argv[1] == "1" else None
+torch.manual_seed(0)
+model = Transformer(ModelConfig(n_layer=2, n_head=4, d_model=128, max_seq_len=256), 4096)
+opt = torch.optim.AdamW(model.parameters())
+x = torch.randint(0, 4096, (8, 257))
+def step():
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+step()
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    step()
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+"""
+
+
+def test_training_memory_is_reused_instead_of_faulted_in_again():
+    def faults(apply: bool) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", CHILD, "1" if apply else "0"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        applied, n = out.stdout.split()
+        return applied, int(n)
+
+    applied, after = faults(True)
+    if applied == "False":  # not glibc: nothing was changed, and the call said so
+        return
+    _, before = faults(False)
+    assert applied == "True"
+    assert before > 2_000  # pages faulted in afresh every step (4,700-10,000 measured)
+    assert after < before / 5  # 2-350 measured
