@@ -5,10 +5,12 @@ comparison with nanoGPT (batch 16, 4 heads, sequence 256, head dimension 32, flo
 
 `flash`: `F.scaled_dot_product_attention(is_causal=True)`, which picks PyTorch's CPU flash kernel (what
 `slm train` and nanoGPT both run); `math`: the same call restricted to SDPA's math backend; `manual`: the
-scores, mask, softmax and product written out. Each round times 5 forwards and backwards of each way,
-alternated; prints the median milliseconds and the ratio to flash, then one JSON line. The question it
-answers (issue 18): whether attention written another way would make a float32 step faster at this
-small shape.
+scores, mask, softmax and product written out; `blocked2` and `blocked4`: written out as batched products
+in 2 or 4 blocks of query rows, each block multiplying only the keys it can see (3/4 and 5/8 of the
+products), with its own backward that keeps each block's probabilities. Each round times 5 forwards and
+backwards of each way, alternated; prints the median milliseconds and the ratio to flash, then one JSON
+line. The question it answers (issue 18): whether attention written another way would make a float32 step
+faster at this small shape.
 """
 
 from __future__ import annotations
@@ -22,6 +24,43 @@ import torch
 import torch.nn.functional as F
 from generation import cpu_flags, cpu_name
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+class BlockedCausal(torch.autograd.Function):
+    """Causal attention of (B, H, T, D) tensors in `blocks` blocks of query rows: block i multiplies the keys
+    of blocks 0..i only, and masks the diagonal block's upper triangle."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, blocks: int):
+        B, H, T, D = q.shape
+        Q, K, V = (t.reshape(B * H, T, D) for t in (q, k, v))
+        size, scale = T // blocks, D**-0.5
+        upper = torch.full((size, size), float("-inf")).triu_(1)
+        out, probs = torch.empty_like(Q), []
+        for i in range(blocks):
+            rows, seen = slice(i * size, (i + 1) * size), (i + 1) * size
+            scores = torch.bmm(Q[:, rows], K[:, :seen].transpose(1, 2))
+            scores[:, :, i * size :].add_(upper)
+            p = torch.softmax(scores.mul_(scale), -1)
+            torch.bmm(p, V[:, :seen], out=out[:, rows])
+            probs.append(p)
+        ctx.save_for_backward(Q, K, V, *probs)
+        ctx.shape, ctx.blocks, ctx.scale = (B, H, T, D), blocks, scale
+        return out.view(B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        Q, K, V, *probs = ctx.saved_tensors
+        (B, H, T, D), size = ctx.shape, ctx.shape[2] // ctx.blocks
+        g = grad.reshape(B * H, T, D)
+        dq, dk, dv = torch.empty_like(Q), torch.zeros_like(K), torch.zeros_like(V)
+        for i, p in enumerate(probs):
+            rows, seen = slice(i * size, (i + 1) * size), (i + 1) * size
+            dv[:, :seen].baddbmm_(p.transpose(1, 2), g[:, rows])
+            ds = torch._softmax_backward_data(torch.bmm(g[:, rows], V[:, :seen].transpose(1, 2)), p, -1, p.dtype)
+            torch.baddbmm(dq[:, rows], ds, K[:, :seen], beta=0, alpha=ctx.scale, out=dq[:, rows])
+            dk[:, :seen].baddbmm_(ds.transpose(1, 2), Q[:, rows], alpha=ctx.scale)
+        return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D), None
 
 
 def main() -> None:
@@ -51,12 +90,25 @@ def main() -> None:
         scores = (q @ k.transpose(-1, -2)) * args.dim**-0.5
         return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
 
-    ways = {"flash": flash, "math": math, "manual": manual}
-    with torch.no_grad():
-        ref = flash()
-        for name, f in ways.items():  # the same function, or the timing means nothing
-            if not torch.allclose(f(), ref, atol=1e-5):
-                raise SystemExit(f"{name} differs from flash")
+    ways = {
+        "flash": flash,
+        "math": math,
+        "manual": manual,
+        "blocked2": lambda: BlockedCausal.apply(q, k, v, 2),
+        "blocked4": lambda: BlockedCausal.apply(q, k, v, 4),
+    }
+    ref = flash()
+    ref.backward(grad)
+    ref_grads = [t.grad for t in (q, k, v)]
+    for name, f in ways.items():  # the same function and gradients, or the timing means nothing
+        q.grad = k.grad = v.grad = None
+        y = f()
+        y.backward(grad)
+        if not torch.allclose(y, ref, atol=1e-5) or not all(
+            torch.allclose(t.grad, r, atol=1e-4) for t, r in zip((q, k, v), ref_grads, strict=True)
+        ):
+            raise SystemExit(f"{name} differs from flash")
+    q.grad = k.grad = v.grad = None
     print(f"{cpu_name()} ({', '.join(cpu_flags())}), {args.threads} threads, shape {shape}, float32", flush=True)
     times: dict[str, list[float]] = {n: [] for n in ways}
     for _ in range(args.rounds):
@@ -68,7 +120,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - t) / 5 * 1000)
     med = {n: statistics.median(t) for n, t in times.items()}
     for n, ms in med.items():
-        print(f"{n:7s} {ms:7.2f} ms forward and backward  ({ms / med['flash']:.2f}x flash)")
+        print(f"{n:8s} {ms:7.2f} ms forward and backward  ({ms / med['flash']:.2f}x flash)")
     out = {"bench": "attention_kernels", "cpu": cpu_name(), "cpu_flags": cpu_flags(), "shape": list(shape)}
     out.update({f"{n}_ms": round(ms, 2) for n, ms in med.items()})
     print(json.dumps(out))

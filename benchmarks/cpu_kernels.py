@@ -4,7 +4,7 @@ whole step with and without each choice.
     python benchmarks/cpu_kernels.py [--part products|step|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
-          352, vocabulary 4,096 in 512-row chunks), forward x @ W.T and backward g @ W, by MKL (torch.mm)
+          352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
           and by oneDNN (the op slm.model.matmul uses), alternated in rounds; median GFLOP/s of each. Also
           a sweep of the inner dimension (64 to 1,536) at 4,096 rows, which sets ONEDNN_MAX_INNER.
 step      benchmarks/train_throughput.py at the quickstart's shape in four ways, alternated --rounds times,
@@ -67,12 +67,18 @@ def products(rounds: int) -> None:
         ("down backward", 4096, 128, 352),
         ("gate/up backward", 4096, 352, 128),
         ("head chunk forward", 512, 128, 4096),
+        # weight gradients g.T @ x: rows = out_features, inner = the step's rows, both operands transposed views
+        ("q/k/v/o weight gradient", 128, 4096, 128),
+        ("gate/up weight gradient", 352, 4096, 128),
+        ("head chunk weight gradient", 4096, 512, 128),
         *[(f"sweep inner {k}", 4096, k, 3 * k) for k in (64, 128, 192, 256, 384, 576, 768, 1536)],
     ]
     for name, rows, inner, outer in cases:
         a, w = torch.randn(rows, inner), torch.randn(outer, inner)
         if "backward" in name:  # g @ W for a weight W (inner, outer): oneDNN gets W's transpose as a view
             w = torch.randn(inner, outer).t()
+        if "weight gradient" in name:  # g.T @ x, g (inner, rows) and x (inner, outer) as they come
+            a, w = torch.randn(inner, rows).t(), torch.randn(inner, outer).t()
         t = timed({"mkl": lambda a=a, w=w: torch.mm(a, w.t()), "onednn": lambda a=a, w=w: onednn(a, w)}, rounds)
         flop = 2 * rows * inner * outer
         gf = {k: round(flop / v / 1e9, 1) for k, v in t.items()}

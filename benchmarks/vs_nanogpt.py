@@ -12,6 +12,8 @@ throughput  Same shape (4 layers, 4 heads, d_model 128, sequence 256, batch 16, 
             defaults (dtype auto: bf16 autocast where the CPU does bf16 natively) and in fp32.
             --compile adds both tools with torch.compile (nanoGPT --compile=True, slm train.compile=true
             in fp32); the first step's extra time (compilation) is reported apart from the throughput.
+            --baseline-src PATH adds `slm train` from an older checkout's src folder (slm_baseline),
+            alternated with the rest, to measure a change in the full loop against nanoGPT's swings.
             --isa avx2 runs both tools as on a CPU with AVX2 but no AVX-512 (PyTorch's kernels, oneDNN
             and MKL restricted to AVX2 through their environment variables; dtype auto then picks fp32).
 quality     nanoGPT's CPU Shakespeare recipe from its README (character level, 4x128, block 64, batch 12,
@@ -49,9 +51,12 @@ DEVICE = "cpu"  # --device: nanoGPT is told; slm trains on CUDA whenever it sees
 ISA: dict[str, str] = {}  # --isa: environment variables that restrict both tools' kernels
 
 
-def sh(cmd: list[str], cwd: Path | None = None) -> tuple[str, float]:
+def sh(cmd: list[str], cwd: Path | None = None, src: Path | None = None) -> tuple[str, float]:
+    """Run cmd; src: import slm from that source folder instead (an older checkout, for --baseline-src)."""
     t0 = time.perf_counter()
     env = {**os.environ, **ISA, **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
@@ -102,7 +107,9 @@ def nanogpt_dataset(nanogpt: Path, name: str, train: np.ndarray, val: np.ndarray
         pickle.dump(meta, f)
 
 
-def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: bool, host: dict) -> dict:
+def throughput(
+    nanogpt: Path, work: Path, steps: int, rounds: int, compiled: bool, host: dict, baseline: Path | None = None
+) -> dict:
     shards = make_shards(work)
     nanogpt_dataset(
         nanogpt,
@@ -120,6 +127,8 @@ def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: boo
     ]
     if compiled:
         contenders += [("nanogpt_compile", "nanogpt", None, True), ("slm_fp32_compile", "slm", "float32", True)]
+    if baseline is not None:
+        contenders += [("slm_baseline", "slm", "auto", False)]
     results: dict[str, list[float]] = {name: [] for name, *_ in contenders}
     first: dict[str, list[float]] = {name: [] for name, *_ in contenders}  # first step's time beyond a median one
     for r in range(rounds):
@@ -127,7 +136,8 @@ def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: boo
             if tool == "nanogpt":
                 ms = nanogpt_steps(nanogpt, work, steps, comp)
             else:
-                ms = slm_steps(work / f"slm_tp_{name}_{r}", shards, steps, dtype, comp)
+                src = baseline if name == "slm_baseline" else None
+                ms = slm_steps(work / f"slm_tp_{name}_{r}", shards, steps, dtype, comp, src)
             typical = statistics.median(ms[skip:])
             tps = SHAPE["batch_size"] * SHAPE["seq_len"] / (typical / 1000)
             results[name].append(tps)
@@ -155,6 +165,9 @@ def throughput(nanogpt: Path, work: Path, steps: int, rounds: int, compiled: boo
         "ratio": med["slm"] / med["nanogpt"],
         "ratio_fp32": med["slm_fp32"] / med["nanogpt"],
     }
+    if baseline is not None:
+        out["ratio_baseline"] = med["slm_baseline"] / med["nanogpt"]
+        out["slm_over_baseline"] = med["slm"] / med["slm_baseline"]
     if compiled:
         out["ratio_fp32_compile"] = med["slm_fp32_compile"] / med["nanogpt"]
         out["ratio_fp32_compile_vs_nanogpt_compile"] = med["slm_fp32_compile"] / med["nanogpt_compile"]
@@ -191,15 +204,15 @@ def nanogpt_steps(nanogpt: Path, work: Path, steps: int, compiled: bool) -> list
     return [float(m) for m in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", out)]
 
 
-def slm_train(run: Path, *sets: str) -> float:
+def slm_train(run: Path, *sets: str, src: Path | None = None) -> float:
     """`slm train` of the quickstart recipe into a fresh run folder, with these --set overrides; seconds taken."""
     shutil.rmtree(run, ignore_errors=True)
     overrides = [arg for value in sets for arg in ("--set", value)]
-    _, seconds = sh(slm_cmd("train", str(REPO / "recipes/quickstart.toml"), "--out", str(run), *overrides))
+    _, seconds = sh(slm_cmd("train", str(REPO / "recipes/quickstart.toml"), "--out", str(run), *overrides), src=src)
     return seconds
 
 
-def slm_steps(run: Path, shards: Path, steps: int, dtype: str, compiled: bool) -> list[float]:
+def slm_steps(run: Path, shards: Path, steps: int, dtype: str, compiled: bool, src: Path | None = None) -> list[float]:
     """slm's per-step times (ms), from the elapsed clock its metrics log at every step."""
     slm_train(
         run,
@@ -210,6 +223,7 @@ def slm_steps(run: Path, shards: Path, steps: int, dtype: str, compiled: bool) -
         "train.ckpt_every=100000",
         f"train.dtype='{dtype}'",
         f"train.compile={str(compiled).lower()}",
+        src=src,
     )
     elapsed = [m["elapsed"] for m in Run(run).metrics() if "tokens_per_sec" in m]
     shutil.rmtree(run, ignore_errors=True)
@@ -324,6 +338,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for both tools")
     ap.add_argument("--compile", action="store_true", help="add both tools with torch.compile (throughput)")
     ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None, help="run both tools as on a CPU of this class")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="the src folder of an older slm checkout: its `slm train` joins the throughput rounds (slm_baseline)",
+    )
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -339,7 +359,9 @@ def main() -> None:
     host = machine(ISA)
     print(json.dumps({"bench": "vs_nanogpt.machine", **host}), flush=True)
     if args.part in ("throughput", "all"):
-        print(json.dumps(throughput(args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile, host)))
+        baseline = args.baseline_src.resolve() if args.baseline_src else None
+        out = throughput(args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile, host, baseline)
+        print(json.dumps(out))
     if args.part in ("quality", "all"):
         print(json.dumps(quality(args.nanogpt.resolve(), work)))
 
