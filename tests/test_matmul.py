@@ -60,8 +60,12 @@ def test_linear_leaves_other_dtypes_autocast_and_frozen_inputs_to_pytorch(calls)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert matmul.linear(x, w).dtype == torch.bfloat16
     assert calls == []
-    matmul.linear(x, w).sum().backward()  # x needs no gradient: one oneDNN product, the forward
-    assert calls == [(5, 8)] and w.grad is not None
+    # x needs no gradient: one oneDNN product, the forward; sum()'s gradient arrives as an expanded tensor
+    matmul.linear(x, w).sum().backward()
+    assert calls == [(5, 8)]
+    assert torch.allclose(w.grad, x.sum(0).expand(16, 8), atol=1e-5)
+    assert matmul.linear(torch.randn(0, 8), w).shape == (0, 16)  # no rows, and a single vector
+    assert torch.allclose(matmul.linear(x[0], w), F.linear(x[0], w), atol=1e-6)
 
 
 def test_chunked_head_in_float32_matches_the_whole_logits(calls, monkeypatch):
