@@ -1,7 +1,7 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|step|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|step|rope|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
@@ -11,6 +11,11 @@ step      benchmarks/train_throughput.py at the quickstart's shape in four ways,
           each in a fresh process: as slm trains (oneDNN where faster, glibc told to reuse freed memory),
           without oneDNN, without the allocator setting, and with neither (as before both). Median tokens/s
           of each and the ratios of medians to "neither".
+
+rope      Rotary embeddings' forward and backward at the training shape ((16, 4, 256, 32), a transposed
+          view as in the model): slm's form (x rolled by half, sin with its first half negated) against
+          the form before it (a negated half concatenated), alternated; checks that both give the same
+          numbers first.
 
 Prints one JSON line per measurement and a summary line per part; the first line names the machine.
 """
@@ -27,6 +32,8 @@ from pathlib import Path
 
 import torch
 from generation import machine
+
+from slm.model.transformer import apply_rope, rope_tables
 
 HERE = Path(__file__).resolve().parent
 SHAPE = ["--n-layer", "4", "--n-head", "4", "--d-model", "128", "--seq-len", "256", "--batch-size", "16"]
@@ -104,15 +111,42 @@ def step(rounds: int, steps: int) -> None:
                       **{f"{k}_over_neither": round(v / med["neither"], 3) for k, v in med.items()}}))  # fmt: skip
 
 
+def rope_before(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """slm.model.transformer.apply_rope as it was before the rolled form."""
+    half = x.size(-1) // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def rope(rounds: int) -> None:
+    cos, sin = rope_tables(32, 256, 10000.0)
+    base, grad = torch.randn(16, 256, 4, 32), torch.randn(16, 4, 256, 32)
+
+    def run(f) -> tuple[torch.Tensor, torch.Tensor]:
+        x = base.clone().requires_grad_()
+        y = f(x.transpose(1, 2), cos, sin)
+        y.backward(grad)
+        return y, x.grad
+
+    (y0, g0), (y1, g1) = run(rope_before), run(apply_rope)
+    if not (torch.equal(y0, y1) and torch.equal(g0, g1)):
+        raise SystemExit("the two forms of rotary embeddings differ")
+    t = timed({"before": lambda: run(rope_before), "slm": lambda: run(apply_rope)}, rounds, reps=10)
+    ms = {k: round(v * 1e3, 3) for k, v in t.items()}
+    print(json.dumps({"bench": "cpu_kernels.rope", "before_ms": ms["before"], "slm_ms": ms["slm"],
+                      "before_over_slm": round(t["before"] / t["slm"], 3)}))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["products", "step", "all"], default="all")
+    ap.add_argument("--part", choices=["products", "step", "rope", "all"], default="all")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step)")
     args = ap.parse_args()
     print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
     if args.part in ("products", "all"):
         products(args.rounds)
+    if args.part in ("rope", "all"):
+        rope(args.rounds)
     if args.part in ("step", "all"):
         step(args.rounds, args.steps)
 
