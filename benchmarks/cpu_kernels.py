@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from generation import machine
 
+from slm.model.matmul import onednn_product
 from slm.model.transformer import apply_rope, rope_tables
 
 HERE = Path(__file__).resolve().parent
@@ -43,10 +44,6 @@ WAYS = {
     "no_malloc": ["--no-malloc"],
     "neither": ["--no-onednn", "--no-malloc"],
 }
-
-
-def onednn(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
 
 
 def timed(fns: dict, rounds: int, reps: int = 6) -> dict[str, float]:
@@ -86,7 +83,7 @@ def products(rounds: int) -> None:
             w = torch.randn(inner, outer).t()
         if "weight gradient" in name:  # g.T @ x, g (inner, rows) and x (inner, outer) as they come
             a, w = torch.randn(inner, rows).t(), torch.randn(inner, outer).t()
-        t = timed({"mkl": lambda a=a, w=w: torch.mm(a, w.t()), "onednn": lambda a=a, w=w: onednn(a, w)}, rounds)
+        t = timed({"mkl": lambda a=a, w=w: torch.mm(a, w.t()), "onednn": lambda a=a, w=w: onednn_product(a, w)}, rounds)
         flop = 2 * rows * inner * outer
         gf = {k: round(flop / v / 1e9, 1) for k, v in t.items()}
         row = {"bench": "cpu_kernels.product", "case": name, "rows": rows, "inner": inner, "outer": outer}

@@ -56,7 +56,7 @@ def sh(cmd: list[str], cwd: Path | None = None, src: Path | None = None) -> tupl
     t0 = time.perf_counter()
     env = {**os.environ, **ISA, **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
     if src is not None:
-        env["PYTHONPATH"] = str(src)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
@@ -349,6 +349,8 @@ def main() -> None:
     DEVICE = args.device
     if not (args.nanogpt / "train.py").exists():
         sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
+    if args.baseline_src and not (args.baseline_src / "slm" / "__init__.py").is_file():
+        sys.exit(f"{args.baseline_src} has no slm package; pass the src folder of an slm checkout")
     ISA.update(ISA_ENV.get(args.isa, {}))
     work = args.work or scratch("slm-vs-nanogpt-")
     work.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ private op, so every use goes through `onednn_available`, which checks that this
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -22,14 +24,15 @@ import torch.nn.functional as F
 ONEDNN_MAX_INNER = 128
 
 
+@functools.cache
+def _built_with_onednn() -> bool:
+    # fixed for the process: asked once, not on every product
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def onednn_available(device: torch.device, dtype: torch.dtype) -> bool:
     """oneDNN can multiply float32 tensors on this device in this PyTorch build."""
-    return (
-        device.type == "cpu"
-        and dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    return device.type == "cpu" and dtype == torch.float32 and _built_with_onednn()
 
 
 def onednn_ok(x: torch.Tensor, inner: int) -> bool:
@@ -53,7 +56,7 @@ def mm_nt(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> 
 
 
 def onednn_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """a @ w.T by oneDNN (a: (N, K), w: (M, K); w may be a transposed view)."""
+    """a @ w.T by oneDNN (a: (..., K), w: (M, K), a transposed view, or a weight Transformer.pack reordered)."""
     return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
 
 

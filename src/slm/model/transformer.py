@@ -20,7 +20,7 @@ from torch import nn
 
 from slm.config import ModelConfig
 from slm.model.loss import cross_entropy, linear_cross_entropy
-from slm.model.matmul import linear, onednn_available
+from slm.model.matmul import linear, onednn_available, onednn_product
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +154,7 @@ class Linear(nn.Linear):
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """x @ W.T for a weight W reordered by Transformer.pack."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return onednn_product(x, packed)
 
 
 def decode_linear(x: torch.Tensor, packed: torch.Tensor, fp16: torch.Tensor | None) -> torch.Tensor:
