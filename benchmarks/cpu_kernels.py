@@ -1,7 +1,7 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|step|rope|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|step|compile|rope|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
@@ -11,6 +11,11 @@ step      benchmarks/train_throughput.py at the quickstart's shape in four ways,
           each in a fresh process: as slm trains (oneDNN where faster, glibc told to reuse freed memory),
           without oneDNN, without the allocator setting, and with neither (as before both). Median tokens/s
           of each and the ratios of medians to "neither".
+
+compile   The same, compiled (train.compile): eager, compiled as slm compiles (each product left out of the
+          compiled graph and run in oneDNN, the elementwise work between them compiled), and the whole step
+          compiled with PyTorch's own products (as before). Also each run's first step (seconds), which holds
+          the compilation: cold in the first round (a fresh inductor cache), warm in the later ones.
 
 rope      Rotary embeddings' forward and backward at the training shape ((16, 4, 256, 32), a transposed
           view as in the model): slm's form (x rolled by half, sin with its first half negated) against
@@ -24,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +52,9 @@ WAYS = {
     "no_malloc": ["--no-malloc"],
     "neither": ["--no-onednn", "--no-malloc"],
 }
+# --part compile: eager; compiled as slm compiles (products left out of the graph, in oneDNN); and all of the
+# step compiled with PyTorch's own products (what train.compile did before, and what --no-onednn gives)
+COMPILE_WAYS = {"eager": [], "compile": ["--compile"], "compile_all": ["--compile", "--no-onednn"]}
 
 
 def timed(fns: dict, rounds: int, reps: int = 6) -> dict[str, float]:
@@ -75,6 +86,11 @@ def products(rounds: int) -> None:
         ("q/k/v/o weight gradient", 128, 4096, 128),
         ("gate/up weight gradient", 352, 4096, 128),
         ("head chunk weight gradient", 4096, 512, 128),
+        ("down weight gradient", 128, 4096, 352),  # its transpose is the gate/up case's shape
+        # the head's share made as its transpose (d, V), as slm.model.loss does where d <= ONEDNN_MAX_INNER
+        ("head chunk weight gradient as (d, V)", 128, 512, 4096),
+        ("SmolLM2 head chunk weight gradient", 49152, 512, 576),
+        ("SmolLM2 head chunk weight gradient as (d, V)", 576, 512, 49152),
         *[(f"sweep inner {k}", 4096, k, 3 * k) for k in (64, 128, 192, 256, 384, 576, 768, 1536)],
     ]
     for name, rows, inner, outer in cases:
@@ -91,21 +107,31 @@ def products(rounds: int) -> None:
                           "onednn_over_mkl": round(gf["onednn"] / gf["mkl"], 3)}), flush=True)  # fmt: skip
 
 
-def step(rounds: int, steps: int) -> None:
-    got: dict[str, list[float]] = {k: [] for k in WAYS}
+def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: str) -> None:
+    got: dict[str, list[float]] = {k: [] for k in ways}
+    first: dict[str, list[float]] = {k: [] for k in ways}
+    # An inductor cache of this run's own: the first round compiles cold, the later ones find it warm.
+    cache = tempfile.mkdtemp(prefix="slm_inductor_")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     for r in range(rounds):
-        for way, flags in WAYS.items():
+        for way, flags in ways.items():
             cmd = [sys.executable, str(HERE / "train_throughput.py"), *SHAPE, "--vocab-size", "4096"]
-            p = subprocess.run([*cmd, "--steps", str(steps), *flags], capture_output=True, text=True, check=True)
+            p = subprocess.run(
+                [*cmd, "--steps", str(steps), *flags], capture_output=True, text=True, check=True, env=env
+            )
             line = json.loads(p.stdout.strip().splitlines()[-1])
             got[way].append(line["tokens_per_sec"])
-            print(json.dumps({"bench": "cpu_kernels.step", "way": way, "round": r, "tokens_per_sec":
-                              line["tokens_per_sec"], "page_faults_per_step": line["page_faults_per_step"]}),
-                  flush=True)  # fmt: skip
+            first[way].append(line["first_step_s"])
+            print(json.dumps({"bench": bench, "way": way, "round": r, "tokens_per_sec": line["tokens_per_sec"],
+                              "first_step_s": line["first_step_s"],
+                              "page_faults_per_step": line["page_faults_per_step"]}), flush=True)  # fmt: skip
+    shutil.rmtree(cache, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in got.items()}
-    print(json.dumps({"bench": "cpu_kernels.step", "rounds": rounds, "steps": steps,
+    print(json.dumps({"bench": bench, "rounds": rounds, "steps": steps,
                       **{f"{k}_tokens_per_sec": v for k, v in med.items()},
-                      **{f"{k}_over_neither": round(v / med["neither"], 3) for k, v in med.items()}}))  # fmt: skip
+                      **{f"{k}_first_step_cold_s": v[0] for k, v in first.items()},
+                      **{f"{k}_first_step_warm_s": statistics.median(v[1:] or v) for k, v in first.items()},
+                      **{f"{k}_over_{base}": round(v / med[base], 3) for k, v in med.items()}}))  # fmt: skip
 
 
 def rope_before(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -135,9 +161,9 @@ def rope(rounds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["products", "step", "rope", "all"], default="all")
+    ap.add_argument("--part", choices=["products", "step", "rope", "compile", "all"], default="all")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step, compile)")
     args = ap.parse_args()
     print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
     if args.part in ("products", "all"):
@@ -145,7 +171,9 @@ def main() -> None:
     if args.part in ("rope", "all"):
         rope(args.rounds)
     if args.part in ("step", "all"):
-        step(args.rounds, args.steps)
+        step(args.rounds, args.steps, WAYS, "neither", "cpu_kernels.step")
+    if args.part in ("compile", "all"):
+        step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile")
 
 
 if __name__ == "__main__":

@@ -68,12 +68,13 @@ def test_linear_leaves_other_dtypes_autocast_and_frozen_inputs_to_pytorch(calls)
     assert torch.allclose(matmul.linear(x[0], w), F.linear(x[0], w), atol=1e-6)
 
 
-def test_chunked_head_in_float32_matches_the_whole_logits(calls, monkeypatch):
+@pytest.mark.parametrize("d", [32, 160])
+def test_chunked_head_in_float32_matches_the_whole_logits(d, calls, monkeypatch):
     import slm.model.loss as loss_mod
 
     monkeypatch.setattr(loss_mod, "HEAD_CHUNK_ROWS", 16)
     torch.manual_seed(1)
-    h0, w0 = torch.randn(40, 32), torch.randn(500, 32) / 4
+    h0, w0 = torch.randn(40, d), torch.randn(500, d) / d**0.5
     t = torch.randint(0, 500, (40,))
     t[::5] = IGNORE
     h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
@@ -83,7 +84,10 @@ def test_chunked_head_in_float32_matches_the_whole_logits(calls, monkeypatch):
     expect.backward()
     assert torch.allclose(linear_cross_entropy(h0, w0, t), expect.detach(), atol=1e-5)
     assert torch.allclose(h.grad, h2.grad, atol=1e-6) and torch.allclose(w.grad, w2.grad, atol=1e-6)
-    assert calls[:3] == [(16, 32), (16, 32), (8, 32)]  # each chunk's logits by oneDNN
+    # each chunk's logits by oneDNN, and its share of the weight's gradient, made as its transpose (d, V);
+    # past ONEDNN_MAX_INNER all in MKL
+    assert calls[:6] == ([(16, d), (d, 16), (16, d), (d, 16), (8, d), (d, 8)] if d <= 128 else [])
+    assert w.grad.is_contiguous()
 
 
 # A child process runs training steps of a small model and prints the page faults of 8 steps after 2: glibc
@@ -128,3 +132,29 @@ def test_training_memory_is_reused_instead_of_faulted_in_again():
     assert applied == "True"
     assert before > 16_000  # pages faulted in afresh, 2,000 a step (42,000-59,000 in all measured)
     assert after < before / 5  # 500-3,100 in all measured
+
+
+def test_compiled_model_keeps_its_products_in_onednn_and_matches_eager(calls):
+    """Under torch.compile (train.compile) each product leaves the compiled graph and runs in oneDNN, as in
+    eager training; the elementwise work between them is compiled; loss and gradients match eager's."""
+    from slm.config import ModelConfig
+    from slm.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layer=1, n_head=2, d_model=32, max_seq_len=16), 64)
+    x = torch.randint(0, 64, (2, 17))
+
+    def loss_and_grads(m) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        _, loss = m(x[:, :-1], x[:, 1:])
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    eager_calls = len(calls)
+    calls.clear()
+    compiled_loss, compiled_grads = loss_and_grads(torch.compile(model))
+    assert eager_calls > 0 and len(calls) == eager_calls  # the same products, all in oneDNN
+    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(compiled_grads, eager_grads, strict=True))

@@ -48,6 +48,7 @@ def test_end_to_end_tiny_run(tiny_cfg: Config, tmp_path: Path):
     assert all((c / "model.safetensors").stat().st_mode & 0o777 == 0o644 for c in run.checkpoints())
     summary = json.loads((path / "summary.json").read_text())
     assert summary["val_bpb"] == pytest.approx(s["val_bpb"]) and 0 < s["val_bpb"] < 20
+    assert 0 < summary["first_step_seconds"] < summary["train_seconds"]
     loaded = load_model(path)
     tok, cfg, meta = loaded.tokenizer, loaded.config, loaded.meta
     assert meta["step"] == 12 and cfg.tokenizer.vocab_size == tok.get_vocab_size()
@@ -244,6 +245,15 @@ def test_auto_dtype_never_picks_emulated_bf16():
     dtype, why = json.loads(out.stdout.strip().splitlines()[-1])
     assert dtype == "float32" and "emulated" in why
     assert loop.choose_dtype("bfloat16", torch.device("cpu")) == ("bfloat16", "train.dtype")
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_any_work(tiny_cfg: Config, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-for-slm")
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.train.compile = True
+    with pytest.raises(SlmError, match="needs a C.. compiler.*no-such-compiler-for-slm.*train.compile = false"):
+        run_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def next_word_task(folder: Path, n: int = 12) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from slm.data.batch import IGNORE
-from slm.model.matmul import mm_nt
+from slm.model import matmul
 
 CHUNK_ELEMENTS = 1 << 21  # 8 MB of fp32: temporaries stay in cache and in malloc's reusable pool
 
@@ -101,7 +101,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         exact = torch.promote_types(dtype, torch.float32)  # the loss and its sums: fp32, or fp64 in tests
         total = torch.zeros((), dtype=exact, device=h.device)
         grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=exact, device=h.device) if need_grad else None
+        # The weight's gradient, summed over chunks. Where d is short, oneDNN makes each chunk's share as its
+        # transpose (d, V) faster than MKL makes it either way: for d 128, V 4,096 and 512-row chunks, 124
+        # GFLOP/s against 100-114, and the whole head 1.03-1.07x faster on a 2-core AVX2 EPYC; at d 576 and
+        # V 49,152 oneDNN is 3.5x slower, so MKL keeps those (`python benchmarks/cpu_kernels.py --part
+        # products`, the head's weight-gradient cases).
+        transposed = need_grad and dtype == exact and matmul.onednn_ok(hc, hc.size(1))
+        grad_w = None
+        if need_grad:
+            grad_w = torch.zeros(weight.shape[::-1] if transposed else weight.shape, dtype=exact, device=h.device)
         # One logits buffer for every chunk: a fresh (512, V) block each time came back from the C allocator as
         # new pages, and faulting them in nearly doubled the projection's time in a training step (10.4 against
         # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile). It serves
@@ -111,7 +119,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for a in range(0, h.size(0), HEAD_CHUNK_ROWS):
             rows = slice(a, a + HEAD_CHUNK_ROWS)
             chunk = hc[rows]
-            logits = mm_nt(chunk, wc, out=buf[: chunk.size(0)]).to(exact)
+            logits = matmul.mm_nt(chunk, wc, out=buf[: chunk.size(0)]).to(exact)
             picked = logits.gather(1, safe[rows, None]).squeeze(1)
             top = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(top).exp_()  # one exponential pass serves the loss and the gradient
@@ -135,12 +143,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(gc, wc, out=grad_h[rows])
             else:
                 grad_h[rows] = (gc @ wc).to(h.dtype)
-            if grad_w.dtype == gc.dtype:
+            if transposed:
+                grad_w += matmul.onednn_product(chunk.t(), gc.t())
+            elif grad_w.dtype == gc.dtype:
                 grad_w.addmm_(gc.t(), chunk)  # in place: no (V, d) temporary per chunk
             else:
                 grad_w += gc.t() @ chunk
-        if need_grad:
-            ctx.save_for_backward(grad_h, grad_w)
+        if grad_w is not None:
+            ctx.save_for_backward(grad_h, grad_w.t().contiguous() if transposed else grad_w)
         ctx.weight_dtype = weight.dtype
         return total
 

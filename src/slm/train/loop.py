@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -109,6 +111,17 @@ def autocast_for(dtype: str, device: torch.device) -> tuple[Any, str]:
     return nullcontext(), dtype
 
 
+def check_compiler(device: torch.device) -> None:
+    """train.compile on a CPU needs the C++ compiler inductor builds its kernels with ($CXX, else g++; clang++
+    on macOS): refused before any work, with what to do, instead of a traceback at the first step."""
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    if device.type == "cpu" and shutil.which(cxx) is None:
+        raise SlmError(
+            f"train.compile = true needs a C++ compiler on a CPU (torch.compile builds its kernels with {cxx}, "
+            "not found): install one (or point $CXX at it), or set train.compile = false"
+        )
+
+
 def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     trained = [p for p in model.parameters() if p.requires_grad]  # frozen weights (under LoRA) take no state
     decay = [p for p in trained if p.dim() >= 2]
@@ -155,6 +168,8 @@ def train(
     say: Callable[[str], None] = (
         (lambda m: console.print(m, markup=False, highlight=False)) if d.master else (lambda m: None)
     )
+    if cfg.train.compile:
+        check_compiler(device)
     if cfg.train.grad_accum is None:  # unset: one micro-batch per process, so torchrun needs no --set
         cfg.train.grad_accum = d.world
     if cfg.train.grad_accum % d.world:
@@ -275,7 +290,8 @@ def train(
     before = [m for m in run.metrics() if "loss" in m and m.get("step", 0) <= start_step] if resume else []
     # A resumed run's clock and last loss continue from its log, so its summary covers the whole run.
     t_start = time.perf_counter() - (before[-1].get("elapsed", 0.0) if before else 0.0)
-    t_log, tokens_since_log = time.perf_counter(), 0
+    t_loop = t_log = time.perf_counter()
+    tokens_since_log, first_step_seconds = 0, None
     # Tokens are counted as batches are drawn (a padded conversation counts only its own tokens); a resume
     # continues the count its checkpoint saved.
     tokens_seen = int(meta.get("tokens_seen", 0)) if resume else 0
@@ -332,6 +348,10 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 extra = objective.end_step(step, loss_val)
                 done = step + 1
+                if step == start_step:
+                    first_step_seconds = time.perf_counter() - t_loop
+                    if cfg.train.compile:
+                        bar.print(f"step {done} took {first_step_seconds:.1f} s: torch.compile compiled the model")
                 if d.world > 1:  # every process draws different micro-batches of the same step
                     t = torch.tensor([step_tokens], device=device)
                     dist.all_reduce(t)
@@ -390,6 +410,7 @@ def train(
         "tokens": tokens_seen,
         "train_loss": loss_val if math.isfinite(loss_val) else None,
         "train_seconds": elapsed,
+        "first_step_seconds": first_step_seconds,  # with train.compile, the compilation is in it
     }
     if d.master:
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
