@@ -130,7 +130,7 @@ def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: 
     print(json.dumps({"bench": bench, "rounds": rounds, "steps": steps,
                       **{f"{k}_tokens_per_sec": v for k, v in med.items()},
                       **{f"{k}_first_step_cold_s": v[0] for k, v in first.items()},
-                      **{f"{k}_first_step_warm_s": statistics.median(v[1:] or v) for k, v in first.items()},
+                      **{f"{k}_first_step_warm_s": round(statistics.median(v[1:] or v), 2) for k, v in first.items()},
                       **{f"{k}_over_{base}": round(v / med[base], 3) for k, v in med.items()}}))  # fmt: skip
 
 

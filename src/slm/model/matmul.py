@@ -4,10 +4,11 @@ PyTorch sends a float32 product to MKL. oneDNN, which PyTorch also ships (and us
 torch.compile's CPU inference path), is faster when the inner dimension is short: on a 2-core AMD EPYC (Zen 2,
 AVX2), 1.07-1.24x MKL's speed at the quickstart's products of inner dimension 128 (4,096 rows), and
 1.42-1.45x for its head chunk (512 x 128 by 128 x 4,096: 175-180 GFLOP/s against 123-124); from an inner
-dimension of 192 on, 0.94-1.07x, and 0.53-0.66x for weight gradients (g.T @ x), which stay with MKL
-(`python benchmarks/cpu_kernels.py --part products`). In a whole training step at the quickstart's shape,
-these products with the allocator setting of slm.train.memory made the step 1.03x faster
-(`python benchmarks/cpu_kernels.py --part step`), and the full `slm train` loop 1.02x.
+dimension of 192 on, 0.94-1.07x, and 0.53-0.66x for a layer's weight gradient (g.T @ x over every row),
+which stays with MKL (`python benchmarks/cpu_kernels.py --part products`). In a whole training step at the
+quickstart's shape, these products with the allocator setting of slm.train.memory made the step 1.03x faster
+(`python benchmarks/cpu_kernels.py --part step`), and the full `slm train` loop 1.02x. The chunked head's
+weight gradient, where oneDNN wins made as its transpose, is chosen in slm.model.loss.
 
 oneDNN's product is `torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU path emits; it is a
 private op, so every use goes through `onednn_available`, which checks that this PyTorch build has it.
