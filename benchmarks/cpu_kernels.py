@@ -1,12 +1,14 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|step|compile|rope|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|head|step|compile|rope|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
           and by oneDNN (the op slm.model.matmul uses), alternated in rounds; median GFLOP/s of each. Also
           a sweep of the inner dimension (64 to 1,536) at 4,096 rows, which sets ONEDNN_MAX_INNER.
+head      The chunked head's logits and weight-gradient products (d 128, 512-row chunks) by MKL and by
+          oneDNN across vocabulary sizes (256 to 65,536), which set the head's rules in slm.model.loss.
 step      benchmarks/train_throughput.py at the quickstart's shape in four ways, alternated --rounds times,
           each in a fresh process: as slm trains (oneDNN where faster, glibc told to reuse freed memory),
           without oneDNN, without the allocator setting, and with neither (as before both). Median tokens/s
@@ -107,6 +109,31 @@ def products(rounds: int) -> None:
                           "onednn_over_mkl": round(gf["onednn"] / gf["mkl"], 3)}), flush=True)  # fmt: skip
 
 
+HEAD_VOCABS = [256, 1000, 1024, 2048, 3000, 4096, 6144, 8192, 12288, 16384, 32000, 32768, 49152, 65536]
+
+
+def head(rounds: int, d: int = 128, rows: int = 512) -> None:
+    """The chunked head's two products that slm.model.loss may give oneDNN, across vocabulary sizes: a chunk's
+    logits (MKL writing into a reused buffer, as the head does, against oneDNN's new tensor), and its share of
+    the weight's gradient (MKL accumulating g.T @ x into the (V, d) sum in place, against oneDNN making the
+    transpose x.T @ g, (d, V), added to a (d, V) sum)."""
+    for vocab in HEAD_VOCABS:
+        x, w, g = torch.randn(rows, d), torch.randn(vocab, d), torch.randn(rows, vocab)
+        buf, acc, acc_t = torch.empty(rows, vocab), torch.zeros(vocab, d), torch.zeros(d, vocab)
+        fns = {
+            "logits_mkl": lambda x=x, w=w, buf=buf: torch.mm(x, w.t(), out=buf),
+            "logits_onednn": lambda x=x, w=w: onednn_product(x, w),
+            "grad_mkl": lambda x=x, g=g, acc=acc: acc.addmm_(g.t(), x),
+            "grad_onednn": lambda x=x, g=g, acc_t=acc_t: acc_t.add_(onednn_product(x.t(), g.t())),
+        }
+        t = timed(fns, rounds, reps=3)
+        print(json.dumps({"bench": "cpu_kernels.head", "vocab": vocab, "d": d, "rows": rows,
+                          **{f"{k}_ms": round(v * 1e3, 3) for k, v in t.items()},
+                          "logits_onednn_over_mkl": round(t["logits_mkl"] / t["logits_onednn"], 3),
+                          "grad_onednn_over_mkl": round(t["grad_mkl"] / t["grad_onednn"], 3)}),
+              flush=True)  # fmt: skip
+
+
 def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: str) -> None:
     got: dict[str, list[float]] = {k: [] for k in ways}
     first: dict[str, list[float]] = {k: [] for k in ways}
@@ -161,13 +188,15 @@ def rope(rounds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["products", "step", "rope", "compile", "all"], default="all")
+    ap.add_argument("--part", choices=["products", "head", "step", "rope", "compile", "all"], default="all")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step, compile)")
     args = ap.parse_args()
     print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
     if args.part in ("products", "all"):
         products(args.rounds)
+    if args.part in ("head", "all"):
+        head(args.rounds)
     if args.part in ("rope", "all"):
         rope(args.rounds)
     if args.part in ("step", "all"):

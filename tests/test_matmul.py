@@ -68,25 +68,27 @@ def test_linear_leaves_other_dtypes_autocast_and_frozen_inputs_to_pytorch(calls)
     assert torch.allclose(matmul.linear(x[0], w), F.linear(x[0], w), atol=1e-6)
 
 
-@pytest.mark.parametrize("d", [32, 160])
-def test_chunked_head_in_float32_matches_the_whole_logits(d, calls, monkeypatch):
+@pytest.mark.parametrize("d,vocab", [(32, 2048), (32, 3000), (32, 500), (160, 2048)])
+def test_chunked_head_in_float32_matches_the_whole_logits(d, vocab, calls, monkeypatch):
     import slm.model.loss as loss_mod
 
     monkeypatch.setattr(loss_mod, "HEAD_CHUNK_ROWS", 16)
     torch.manual_seed(1)
-    h0, w0 = torch.randn(40, d), torch.randn(500, d) / d**0.5
-    t = torch.randint(0, 500, (40,))
+    h0, w0 = torch.randn(40, d), torch.randn(vocab, d) / d**0.5
+    t = torch.randint(0, vocab, (40,))
     t[::5] = IGNORE
     h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
     linear_cross_entropy(h, w, t).backward()
+    seen = list(calls)
     h2, w2 = h0.clone().requires_grad_(), w0.clone().requires_grad_()
     expect = F.cross_entropy(h2 @ w2.t(), t, ignore_index=IGNORE)
     expect.backward()
     assert torch.allclose(linear_cross_entropy(h0, w0, t), expect.detach(), atol=1e-5)
     assert torch.allclose(h.grad, h2.grad, atol=1e-6) and torch.allclose(w.grad, w2.grad, atol=1e-6)
-    # each chunk's logits by oneDNN, and its share of the weight's gradient, made as its transpose (d, V);
-    # past ONEDNN_MAX_INNER all in MKL
-    assert calls[:6] == ([(16, d), (d, 16), (16, d), (d, 16), (8, d), (d, 8)] if d <= 128 else [])
+    # By the head's rules: at 2,048 entries each chunk's logits by oneDNN, and its share of the weight's
+    # gradient, made as its transpose (d, V); at 3,000 the logits only; at 500, or past ONEDNN_MAX_INNER, MKL.
+    want = {2048: [(16, d), (d, 16), (16, d), (d, 16), (8, d), (d, 8)], 3000: [(16, d), (16, d), (8, d)], 500: []}
+    assert seen == (want[vocab] if d <= matmul.ONEDNN_MAX_INNER else [])
     assert w.grad.is_contiguous()
 
 

@@ -251,7 +251,7 @@ def test_compile_without_a_cpp_compiler_is_refused_before_any_work(tiny_cfg: Con
     monkeypatch.setenv("CXX", "no-such-compiler-for-slm")
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.train.compile = True
-    with pytest.raises(SlmError, match="needs a C.. compiler.*no-such-compiler-for-slm.*train.compile = false"):
+    with pytest.raises(SlmError, match=r"needs a C\+\+ compiler.*no-such-compiler-for-slm.*train\.compile = false"):
         run_train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

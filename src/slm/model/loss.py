@@ -80,6 +80,21 @@ def cross_entropy(
 HEAD_CHUNK_ROWS = 512
 
 
+# oneDNN is faster than MKL at the head's products for some vocabulary sizes only, and by vocabulary size
+# rather than by a threshold: `python benchmarks/cpu_kernels.py --part head` (d 128, 512-row chunks, 2-core
+# AVX2 EPYC, 3 alternated rounds), speed of oneDNN over MKL:
+#   a chunk's logits: 1.26-1.72x from 2,048 to 12,288 entries (0.97x at 6,144), 0.76-1.01x below, and
+#     0.94-0.99x from 16,384 to 65,536, where MKL writing into the head's reused buffer wins;
+#   the weight's gradient made as its transpose: 1.02-1.43x where V is a power of two from 1,024 to 65,536,
+#     0.33-0.77x at every other size measured (3,000, 6,144, 12,288, 32,000, 49,152 among them).
+def onednn_logits_pays(vocab: int) -> bool:
+    return 2048 <= vocab <= 12288
+
+
+def onednn_gradient_pays(vocab: int) -> bool:
+    return vocab >= 1024 and vocab & (vocab - 1) == 0
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Cross-entropy of h @ weight.T without ever holding the (N, V) logits.
 
@@ -101,12 +116,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         exact = torch.promote_types(dtype, torch.float32)  # the loss and its sums: fp32, or fp64 in tests
         total = torch.zeros((), dtype=exact, device=h.device)
         grad_h = torch.empty_like(h) if need_grad else None
-        # The weight's gradient, summed over chunks. Where d is short, oneDNN makes each chunk's share as its
-        # transpose (d, V) faster than MKL makes it either way: for d 128, V 4,096 and 512-row chunks, 124
-        # GFLOP/s against 100-114, and the whole head 1.03-1.07x faster on a 2-core AVX2 EPYC; at d 576 and
-        # V 49,152 oneDNN is 3.5x slower, so MKL keeps those (`python benchmarks/cpu_kernels.py --part
-        # products`, the head's weight-gradient cases).
-        transposed = need_grad and dtype == exact and matmul.onednn_ok(hc, hc.size(1))
+        # Which of the chunk's products oneDNN makes (float32 on a CPU, d <= matmul.ONEDNN_MAX_INNER); MKL
+        # makes the rest. The weight's gradient, summed over chunks, is then held as its transpose (d, V).
+        short = matmul.onednn_ok(hc, hc.size(1))
+        onednn_logits = short and onednn_logits_pays(weight.size(0))
+        transposed = need_grad and dtype == exact and short and onednn_gradient_pays(weight.size(0))
         grad_w = None
         if need_grad:
             grad_w = torch.zeros(weight.shape[::-1] if transposed else weight.shape, dtype=exact, device=h.device)
@@ -119,7 +133,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for a in range(0, h.size(0), HEAD_CHUNK_ROWS):
             rows = slice(a, a + HEAD_CHUNK_ROWS)
             chunk = hc[rows]
-            logits = matmul.mm_nt(chunk, wc, out=buf[: chunk.size(0)]).to(exact)
+            if onednn_logits:
+                logits = matmul.onednn_product(chunk, wc).to(exact)
+            else:
+                logits = torch.mm(chunk, wc.t(), out=buf[: chunk.size(0)]).to(exact)
             picked = logits.gather(1, safe[rows, None]).squeeze(1)
             top = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(top).exp_()  # one exponential pass serves the loss and the gradient

@@ -8,7 +8,7 @@ dimension of 192 on, 0.94-1.07x, and 0.53-0.66x for a layer's weight gradient (g
 which stays with MKL (`python benchmarks/cpu_kernels.py --part products`). In a whole training step at the
 quickstart's shape, these products with the allocator setting of slm.train.memory made the step 1.03x faster
 (`python benchmarks/cpu_kernels.py --part step`), and the full `slm train` loop 1.02x. The chunked head's
-weight gradient, where oneDNN wins made as its transpose, is chosen in slm.model.loss.
+products follow rules of their own, by vocabulary size (slm.model.loss).
 
 oneDNN's product is `torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU path emits; it is a
 private op, so every use goes through `onednn_available`, which checks that this PyTorch build has it.
