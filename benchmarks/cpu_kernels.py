@@ -1,7 +1,7 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|head|step|compile|rope|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|head|step|compile|rope|norm|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
@@ -18,6 +18,9 @@ compile   The same, compiled (train.compile): eager, compiled as slm compiles (e
           compiled graph and run in oneDNN, the elementwise work between them compiled), and the whole step
           compiled with PyTorch's own products (as before). Also each run's first step (seconds), which holds
           the compilation: cold in the first round (a fresh inductor cache), warm in the later ones.
+
+norm      RMSNorm's forward and backward at the training shape ((16, 256, 128)): slm.model.norm's function
+          against PyTorch's rms_norm, alternated; checks that both give the same numbers first.
 
 rope      Rotary embeddings' forward and backward at the training shape ((16, 4, 256, 32), a transposed
           view as in the model): slm's form (x rolled by half, sin with its first half negated) against
@@ -161,6 +164,33 @@ def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: 
                       **{f"{k}_over_{base}": round(v / med[base], 3) for k, v in med.items()}}))  # fmt: skip
 
 
+def norm(rounds: int) -> None:
+    from slm.model.norm import rms_norm
+
+    base, weight, grad = torch.randn(16, 256, 128), 1 + 0.1 * torch.randn(128), torch.randn(16, 256, 128)
+
+    def run(f) -> tuple[torch.Tensor, ...]:
+        x, w = base.clone().requires_grad_(), weight.clone().requires_grad_()
+        y = f(x, w)
+        y.backward(grad)
+        return y, x.grad, w.grad
+
+    def pytorch(x, w):
+        return torch.nn.functional.rms_norm(x, (128,), w, 1e-5)
+
+    def slm(x, w):
+        return rms_norm(x, w, 1e-5)
+
+    # the same numbers to float32 rounding (the weight's gradient sums 4,096 rows), or the timing means nothing
+    for a, b, tol in zip(run(pytorch), run(slm), (1e-5, 1e-5, 1e-3), strict=True):
+        if not torch.allclose(a, b, rtol=1e-5, atol=tol):
+            raise SystemExit("slm's RMSNorm differs from PyTorch's")
+    t = timed({"pytorch": lambda: run(pytorch), "slm": lambda: run(slm)}, rounds, reps=10)
+    ms = {k: round(v * 1e3, 3) for k, v in t.items()}
+    print(json.dumps({"bench": "cpu_kernels.norm", "pytorch_ms": ms["pytorch"], "slm_ms": ms["slm"],
+                      "pytorch_over_slm": round(t["pytorch"] / t["slm"], 3)}))  # fmt: skip
+
+
 def rope_before(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """slm.model.transformer.apply_rope as it was before the rolled form."""
     half = x.size(-1) // 2
@@ -188,7 +218,7 @@ def rope(rounds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["products", "head", "step", "rope", "compile", "all"], default="all")
+    ap.add_argument("--part", choices=["products", "head", "step", "rope", "norm", "compile", "all"], default="all")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step, compile)")
     args = ap.parse_args()
@@ -197,6 +227,8 @@ def main() -> None:
         products(args.rounds)
     if args.part in ("head", "all"):
         head(args.rounds)
+    if args.part in ("norm", "all"):
+        norm(args.rounds)
     if args.part in ("rope", "all"):
         rope(args.rounds)
     if args.part in ("step", "all"):

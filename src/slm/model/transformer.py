@@ -21,6 +21,7 @@ from torch import nn
 from slm.config import ModelConfig
 from slm.model.loss import cross_entropy, linear_cross_entropy
 from slm.model.matmul import linear, onednn_available, onednn_product
+from slm.model.norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -31,7 +32,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 as Llama does; under bf16 autocast this keeps the statistics exact.
-        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

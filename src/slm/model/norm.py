@@ -1,0 +1,52 @@
+"""RMSNorm's arithmetic: PyTorch's, or on a CPU in float32 training, one autograd function with fewer passes.
+
+PyTorch's CPU rms_norm is a composition of elementwise ops (power, mean, add, rsqrt, two products), and its
+backward is the autograd of each: a profile of one norm forward and backward shows 10 multiplications, 3
+powers, 3 sums and a division over the activations. The function below makes 7 elementwise passes and 3
+reductions: the sum of squares, the normalised input and one correction term. A training step at the
+quickstart's shape runs 9 norms over (16, 256, 128) activations; there it takes 1.51 ms a norm forward
+and backward against PyTorch's 2.61 (`python benchmarks/cpu_kernels.py --part norm`, 2-core AVX2 EPYC).
+CUDA has a fused kernel of its own, autocast keeps its own casts, and torch.compile fuses the composition
+itself, so each of those keeps PyTorch's path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        d = x.size(-1)
+        # 1 / sqrt(mean(x^2) + eps), from the vector norm: one pass over x
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).div_(d**0.5).square_().add_(eps).rsqrt_()
+        normed = x * r
+        ctx.save_for_backward(normed, weight, r)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        normed, weight, r = ctx.saved_tensors
+        d = normed.size(-1)
+        g = grad * weight
+        dw = (grad * normed).reshape(-1, d).sum(0) if ctx.needs_input_grad[1] else None
+        # d x = r * (g - normed * mean(g * normed)): the normalisation's own gradient, as one correction
+        mean = (g * normed).sum(-1, keepdim=True).div_(d)
+        dx = torch.addcmul(g, normed, mean, value=-1).mul_(r) if ctx.needs_input_grad[0] else None
+        return dx, dw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension, in float32 (as Llama does), returned in
+    x's dtype."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    ):
+        return _RMSNorm.apply(x, weight, eps)
+    return F.rms_norm(x.float(), (x.size(-1),), weight.float(), eps).to(x.dtype)
