@@ -86,7 +86,7 @@ def weight_gradient(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # Under torch.compile the products stay out of the compiled graph and run here, eagerly, in oneDNN: inductor
 # fails to lower the oneDNN op in a training graph, and compiled with its own products (MKL's) the step lost
 # what oneDNN gains. The compiled pieces between them still fuse the elementwise work (RMSNorm, rotary
-# embeddings, SwiGLU): 1.03-1.04x eager against 1.00-1.02x with everything compiled, at the quickstart's
+# embeddings, SwiGLU): 1.052x eager against 1.027x with everything compiled, at the quickstart's
 # shape on a 2-core AVX2 EPYC (`python benchmarks/cpu_kernels.py --part compile`).
 _eager_linear = torch.compiler.disable(_Linear.apply)
 
