@@ -20,7 +20,8 @@ compile   The same, compiled (train.compile): eager, compiled as slm compiles (e
           the compilation: cold in the first round (a fresh inductor cache), warm in the later ones.
 
 norm      RMSNorm's forward and backward at the training shape ((16, 256, 128)): slm.model.norm's function
-          against PyTorch's rms_norm, alternated; checks that both give the same numbers first.
+          against PyTorch's rms_norm, alternated; checks that both give the same numbers first. Also both
+          on one decoded token (1 x 576, no gradient), where slm keeps PyTorch's.
 
 rope      Rotary embeddings' forward and backward at the training shape ((16, 4, 256, 32), a transposed
           view as in the model): slm's form (x rolled by half, sin with its first half negated) against
@@ -165,7 +166,7 @@ def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: 
 
 
 def norm(rounds: int) -> None:
-    from slm.model.norm import rms_norm
+    from slm.model.norm import RMSNormFunction, rms_norm
 
     base, weight, grad = torch.randn(16, 256, 128), 1 + 0.1 * torch.randn(128), torch.randn(16, 256, 128)
 
@@ -187,8 +188,19 @@ def norm(rounds: int) -> None:
             raise SystemExit("slm's RMSNorm differs from PyTorch's")
     t = timed({"pytorch": lambda: run(pytorch), "slm": lambda: run(slm)}, rounds, reps=10)
     ms = {k: round(v * 1e3, 3) for k, v in t.items()}
+    # One decoded token (no gradient): why inference keeps PyTorch's path (slm's autograd function, forced)
+    one, w1 = torch.randn(1, 1, 576), torch.ones(576)
+    with torch.no_grad():
+        d = timed({"pytorch": lambda: pytorch_one(one, w1), "function": lambda: RMSNormFunction.apply(one, w1, 1e-5)},
+                  rounds, reps=200)  # fmt: skip
     print(json.dumps({"bench": "cpu_kernels.norm", "pytorch_ms": ms["pytorch"], "slm_ms": ms["slm"],
-                      "pytorch_over_slm": round(t["pytorch"] / t["slm"], 3)}))  # fmt: skip
+                      "pytorch_over_slm": round(t["pytorch"] / t["slm"], 3),
+                      "decode_pytorch_us": round(d["pytorch"] * 1e6, 1),
+                      "decode_function_us": round(d["function"] * 1e6, 1)}))  # fmt: skip
+
+
+def pytorch_one(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.rms_norm(x, (x.size(-1),), w, 1e-5)
 
 
 def rope_before(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

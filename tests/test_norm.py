@@ -16,8 +16,8 @@ def test_rms_norm_matches_pytorch_forward_and_backward(shape, frozen, monkeypatc
     torch.manual_seed(0)
     x0, w0, g = torch.randn(shape) * 3, 1 + 0.2 * torch.randn(shape[-1]), torch.randn(shape)
     used = []
-    real = norm._RMSNorm.apply
-    monkeypatch.setattr(norm._RMSNorm, "apply", lambda *a: used.append(1) or real(*a))
+    real = norm.RMSNormFunction.apply
+    monkeypatch.setattr(norm.RMSNormFunction, "apply", lambda *a: used.append(1) or real(*a))
 
     def run(f):
         x, w = x0.clone().requires_grad_(frozen != "x"), w0.clone().requires_grad_(frozen != "weight")
@@ -34,11 +34,15 @@ def test_rms_norm_matches_pytorch_forward_and_backward(shape, frozen, monkeypatc
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_rms_norm_leaves_autocast_and_other_dtypes_to_pytorch(monkeypatch):
-    monkeypatch.setattr(norm._RMSNorm, "apply", lambda *a: pytest.fail("the CPU float32 function ran"))
+def test_rms_norm_leaves_autocast_other_dtypes_and_inference_to_pytorch(monkeypatch):
+    monkeypatch.setattr(norm.RMSNormFunction, "apply", lambda *a: pytest.fail("the CPU float32 function ran"))
     x, w = torch.randn(4, 16), torch.ones(16)
     y = norm.rms_norm(x.double(), w.double(), 1e-6)
     assert y.dtype == torch.float64 and torch.allclose(y, F.rms_norm(x.double(), (16,), w.double(), 1e-6))
     assert norm.rms_norm(x.bfloat16(), w, 1e-6).dtype == torch.bfloat16  # normalised in fp32, back to bf16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.allclose(norm.rms_norm(x, w, 1e-6), F.rms_norm(x, (16,), w, 1e-6))
+    # inference (no gradient wanted) keeps PyTorch's numbers exactly
+    with torch.no_grad():
+        assert torch.equal(norm.rms_norm(x, w.requires_grad_(), 1e-6), F.rms_norm(x, (16,), w, 1e-6))
+    assert torch.equal(norm.rms_norm(x, w.detach(), 1e-6), F.rms_norm(x, (16,), w.detach(), 1e-6))
