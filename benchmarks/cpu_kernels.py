@@ -176,30 +176,30 @@ def norm(rounds: int) -> None:
         y.backward(grad)
         return y, x.grad, w.grad
 
-    def pytorch(x, w):
-        return torch.nn.functional.rms_norm(x, (128,), w, 1e-5)
-
     def slm(x, w):
         return rms_norm(x, w, 1e-5)
 
     # the same numbers to float32 rounding (the weight's gradient sums 4,096 rows), or the timing means nothing
-    for a, b, tol in zip(run(pytorch), run(slm), (1e-5, 1e-5, 1e-3), strict=True):
+    for a, b, tol in zip(run(pytorch_rms_norm), run(slm), (1e-5, 1e-5, 1e-3), strict=True):
         if not torch.allclose(a, b, rtol=1e-5, atol=tol):
             raise SystemExit("slm's RMSNorm differs from PyTorch's")
-    t = timed({"pytorch": lambda: run(pytorch), "slm": lambda: run(slm)}, rounds, reps=10)
+    t = timed({"pytorch": lambda: run(pytorch_rms_norm), "slm": lambda: run(slm)}, rounds, reps=10)
     ms = {k: round(v * 1e3, 3) for k, v in t.items()}
     # One decoded token (no gradient): why inference keeps PyTorch's path (slm's autograd function, forced)
     one, w1 = torch.randn(1, 1, 576), torch.ones(576)
     with torch.no_grad():
-        d = timed({"pytorch": lambda: pytorch_one(one, w1), "function": lambda: RMSNormFunction.apply(one, w1, 1e-5)},
-                  rounds, reps=200)  # fmt: skip
+        decode = {
+            "pytorch": lambda: pytorch_rms_norm(one, w1),
+            "function": lambda: RMSNormFunction.apply(one, w1, 1e-5),
+        }
+        d = timed(decode, rounds, reps=200)
     print(json.dumps({"bench": "cpu_kernels.norm", "pytorch_ms": ms["pytorch"], "slm_ms": ms["slm"],
                       "pytorch_over_slm": round(t["pytorch"] / t["slm"], 3),
                       "decode_pytorch_us": round(d["pytorch"] * 1e6, 1),
                       "decode_function_us": round(d["function"] * 1e6, 1)}))  # fmt: skip
 
 
-def pytorch_one(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def pytorch_rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.rms_norm(x, (x.size(-1),), w, 1e-5)
 
 

@@ -126,10 +126,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_w = torch.zeros(weight.shape[::-1] if transposed else weight.shape, dtype=exact, device=h.device)
         # One logits buffer for every chunk: a fresh (512, V) block each time came back from the C allocator as
         # new pages, and faulting them in nearly doubled the projection's time in a training step (10.4 against
-        # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile). It serves
-        # MKL's products; oneDNN's (slm.model.matmul, where faster) are new tensors, which the training loop's
-        # allocator setting (slm.train.memory) serves from reused memory too.
-        buf = torch.empty(min(HEAD_CHUNK_ROWS, h.size(0)), weight.size(0), dtype=dtype, device=h.device)
+        # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile). Only MKL
+        # writes into it; oneDNN's logits are new tensors, which the training loop's allocator setting
+        # (slm.train.memory) serves from reused memory too.
+        if not onednn_logits:
+            buf = torch.empty(min(HEAD_CHUNK_ROWS, h.size(0)), weight.size(0), dtype=dtype, device=h.device)
         for a in range(0, h.size(0), HEAD_CHUNK_ROWS):
             rows = slice(a, a + HEAD_CHUNK_ROWS)
             chunk = hc[rows]

@@ -43,12 +43,11 @@ def onednn_ok(x: torch.Tensor, inner: int) -> bool:
     )
 
 
-def mm_nt(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ w.T for 2-D a (N, K) and w (M, K), without autograd, in the faster kernel. `out` is where MKL
-    writes the product; oneDNN's is always a new tensor."""
+def _mm_nt(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a @ w.T for 2-D a (N, K) and w (M, K), without autograd, in the faster kernel."""
     if onednn_ok(a, a.size(1)) and w.dtype == a.dtype:
         return onednn_product(a, w)
-    return torch.mm(a, w.t(), out=out)
+    return torch.mm(a, w.t())
 
 
 def onednn_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -61,14 +60,14 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         flat = x.reshape(-1, x.size(-1))
-        return mm_nt(flat, w).view(*x.shape[:-1], w.size(0))
+        return _mm_nt(flat, w).view(*x.shape[:-1], w.size(0))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
         g = grad.reshape(-1, grad.size(-1))
         # d x = g @ w, whose inner dimension is w's rows: g @ (w.T).T
-        dx = mm_nt(g, w.t()).view(x.shape) if ctx.needs_input_grad[0] else None
+        dx = _mm_nt(g, w.t()).view(x.shape) if ctx.needs_input_grad[0] else None
         dw = weight_gradient(g, x.reshape(-1, x.size(-1))) if ctx.needs_input_grad[1] else None
         return dx, dw
 
