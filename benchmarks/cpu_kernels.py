@@ -1,7 +1,7 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|head|step|compile|rope|norm|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|head|cold|step|compile|pages|rope|norm|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
@@ -19,14 +19,22 @@ compile   The same, compiled (train.compile): eager, compiled as slm compiles (e
           compiled with PyTorch's own products (as before). Also each run's first step (seconds), which holds
           the compilation: cold in the first round (a fresh inductor cache), warm in the later ones.
 
+cold      Three of the step's oneDNN products called back to back, and after 32 MB of other memory traffic
+          (written or read) or 2 ms idle: what a product runs at inside a step, between elementwise passes.
+
+pages     The same, with and without the heap in transparent huge pages after the first step
+          (slm.train.memory.heap_huge_pages), at the quickstart's shape and, with --big, at a wider one
+          (8 layers, d_model 512, sequence 512, batch 8, vocabulary 8,192).
+
 norm      RMSNorm's forward and backward at the training shape ((16, 256, 128)): slm.model.norm's function
           against PyTorch's rms_norm, alternated; checks that both give the same numbers first. Also both
           on one decoded token (1 x 576, no gradient), where slm keeps PyTorch's.
 
 rope      Rotary embeddings' forward and backward at the training shape ((16, 4, 256, 32), a transposed
-          view as in the model): slm's form (x rolled by half, sin with its first half negated) against
-          the form before it (a negated half concatenated), alternated; checks that both give the same
-          numbers first.
+          view as in the model), alternated: slm's (slm.model.rope.RotaryFunction in training), the rolled
+          composition before it (x rolled by half, sin with its first half negated, differentiated op by
+          op), and the form before that (a negated half concatenated); checks that the two compositions
+          give the same numbers and the function close ones first.
 
 Prints one JSON line per measurement and a summary line per part; the first line names the machine.
 """
@@ -48,7 +56,7 @@ import torch
 from generation import machine
 
 from slm.model.matmul import onednn_product
-from slm.model.transformer import apply_rope, rope_tables
+from slm.model.rope import apply_rope, rope_tables
 
 HERE = Path(__file__).resolve().parent
 SHAPE = ["--n-layer", "4", "--n-head", "4", "--d-model", "128", "--seq-len", "256", "--batch-size", "16"]
@@ -61,6 +69,8 @@ WAYS = {
 # --part compile: eager; compiled as slm compiles (products left out of the graph, in oneDNN); and all of the
 # step compiled with PyTorch's own products (what train.compile did before, and what --no-onednn gives)
 COMPILE_WAYS = {"eager": [], "compile": ["--compile"], "compile_all": ["--compile", "--no-onednn"]}
+PAGE_WAYS = {"huge": [], "small": ["--no-huge-pages"]}
+BIG = ["--n-layer", "8", "--n-head", "8", "--d-model", "512", "--seq-len", "512", "--batch-size", "8"]
 
 
 def timed(fns: dict, rounds: int, reps: int = 6) -> dict[str, float]:
@@ -113,6 +123,29 @@ def products(rounds: int) -> None:
                           "onednn_over_mkl": round(gf["onednn"] / gf["mkl"], 3)}), flush=True)  # fmt: skip
 
 
+def cold(rounds: int) -> None:
+    """Three of the step's oneDNN products called back to back (as a microbenchmark times them) and after 32 MB
+    of other memory traffic, written or read (as in a step, where elementwise passes run between products),
+    or after 2 ms idle: median GFLOP/s of each, alternated."""
+    junk = torch.randn(8 << 20)
+    before = {"back_to_back": lambda: None, "after_32mb_written": lambda: junk.mul_(1.0),
+              "after_32mb_read": lambda: junk.sum(), "after_2ms_idle": lambda: time.sleep(0.002)}  # fmt: skip
+    cases = [("q/k/v/o forward", 4096, 128, 128), ("gate/up forward", 4096, 128, 352), ("head chunk", 512, 128, 4096)]
+    for name, rows, inner, outer in cases:
+        a, w = torch.randn(rows, inner), torch.randn(outer, inner)
+        seconds: dict[str, list[float]] = {k: [] for k in before}
+        for _ in range(rounds):
+            for k, prep in before.items():
+                for _ in range(10):
+                    prep()
+                    t0 = time.perf_counter()
+                    onednn_product(a, w)
+                    seconds[k].append(time.perf_counter() - t0)
+        flop = 2 * rows * inner * outer
+        gf = {k: round(flop / statistics.median(v) / 1e9, 1) for k, v in seconds.items()}
+        print(json.dumps({"bench": "cpu_kernels.cold", "case": name, **{f"{k}_gflops": v for k, v in gf.items()}}))
+
+
 HEAD_VOCABS = [256, 1000, 1024, 2048, 3000, 4096, 6144, 8192, 12288, 16384, 32000, 32768, 49152, 65536]
 
 
@@ -138,7 +171,9 @@ def head(rounds: int, d: int = 128, rows: int = 512) -> None:
               flush=True)  # fmt: skip
 
 
-def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: str) -> None:
+def step(
+    rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: str, shape: list[str] | None = None
+) -> None:
     got: dict[str, list[float]] = {k: [] for k in ways}
     first: dict[str, list[float]] = {k: [] for k in ways}
     # An inductor cache of this run's own: the first round compiles cold, the later ones find it warm.
@@ -146,7 +181,7 @@ def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: 
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     for r in range(rounds):
         for way, flags in ways.items():
-            cmd = [sys.executable, str(HERE / "train_throughput.py"), *SHAPE, "--vocab-size", "4096"]
+            cmd = [sys.executable, str(HERE / "train_throughput.py"), *(shape or [*SHAPE, "--vocab-size", "4096"])]
             p = subprocess.run(
                 [*cmd, "--steps", str(steps), *flags], capture_output=True, text=True, check=True, env=env
             )
@@ -154,7 +189,8 @@ def step(rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: 
             got[way].append(line["tokens_per_sec"])
             first[way].append(line["first_step_s"])
             print(json.dumps({"bench": bench, "way": way, "round": r, "tokens_per_sec": line["tokens_per_sec"],
-                              "first_step_s": line["first_step_s"],
+                              "first_step_s": line["first_step_s"], "huge_pages_mb": line["huge_pages_mb"],
+                              "huge_pages_s": line["huge_pages_s"],
                               "page_faults_per_step": line["page_faults_per_step"]}), flush=True)  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in got.items()}
@@ -204,9 +240,15 @@ def pytorch_rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def rope_before(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """slm.model.transformer.apply_rope as it was before the rolled form."""
+    """slm.model.rope.apply_rope as it was before the rolled form."""
     half = x.size(-1) // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def rope_rolled(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rolled form, differentiated by autograd op by op (what training ran before RotaryFunction)."""
+    half = x.size(-1) // 2
+    return x * cos + x.roll(half, -1) * torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
 def rope(rounds: int) -> None:
@@ -219,18 +261,26 @@ def rope(rounds: int) -> None:
         y.backward(grad)
         return y, x.grad
 
-    (y0, g0), (y1, g1) = run(rope_before), run(apply_rope)
+    (y0, g0), (y1, g1), (y2, g2) = run(rope_before), run(rope_rolled), run(apply_rope)
     if not (torch.equal(y0, y1) and torch.equal(g0, g1)):
-        raise SystemExit("the two forms of rotary embeddings differ")
-    t = timed({"before": lambda: run(rope_before), "slm": lambda: run(apply_rope)}, rounds, reps=10)
+        raise SystemExit("the two composed forms of rotary embeddings differ")
+    # the function's multiply-adds may round differently (fused or not): close, not bit for bit
+    if not (torch.allclose(y1, y2, rtol=1e-5, atol=1e-6) and torch.allclose(g1, g2, rtol=1e-5, atol=1e-6)):
+        raise SystemExit("slm's rotary function differs from the composed form")
+    ways = {"before": lambda: run(rope_before), "rolled": lambda: run(rope_rolled), "slm": lambda: run(apply_rope)}
+    t = timed(ways, rounds, reps=10)
     ms = {k: round(v * 1e3, 3) for k, v in t.items()}
-    print(json.dumps({"bench": "cpu_kernels.rope", "before_ms": ms["before"], "slm_ms": ms["slm"],
-                      "before_over_slm": round(t["before"] / t["slm"], 3)}))  # fmt: skip
+    print(json.dumps({"bench": "cpu_kernels.rope", **{f"{k}_ms": v for k, v in ms.items()},
+                      "before_over_slm": round(t["before"] / t["slm"], 3),
+                      "rolled_over_slm": round(t["rolled"] / t["slm"], 3)}))  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["products", "head", "step", "rope", "norm", "compile", "all"], default="all")
+    ap.add_argument(
+        "--part", choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "all"], default="all"
+    )
+    ap.add_argument("--big", action="store_true", help="--part pages at the wider shape too")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step, compile)")
     args = ap.parse_args()
@@ -239,6 +289,8 @@ def main() -> None:
         products(args.rounds)
     if args.part in ("head", "all"):
         head(args.rounds)
+    if args.part in ("cold", "all"):
+        cold(args.rounds)
     if args.part in ("norm", "all"):
         norm(args.rounds)
     if args.part in ("rope", "all"):
@@ -247,6 +299,10 @@ def main() -> None:
         step(args.rounds, args.steps, WAYS, "neither", "cpu_kernels.step")
     if args.part in ("compile", "all"):
         step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile")
+    if args.part in ("pages", "all"):
+        step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages")
+        if args.big:
+            step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages_big", [*BIG, "--vocab-size", "8192"])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from slm.config import Config, validate_config
 from slm.model import matmul
 from slm.model.transformer import Transformer
 from slm.train.loop import autocast_for, make_optimizer
-from slm.train.memory import reuse_freed_memory
+from slm.train.memory import heap_huge_pages, reuse_freed_memory
 
 
 def main() -> None:
@@ -57,6 +57,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--no-malloc", action="store_true", help="leave glibc's allocator as it is (slm.train.memory not applied)"
+    )
+    ap.add_argument(
+        "--no-huge-pages",
+        action="store_true",
+        help="leave the heap in 4 KB pages (no slm.train.memory.heap_huge_pages)",
     )
     args = ap.parse_args()
 
@@ -99,6 +104,10 @@ def main() -> None:
     t0 = time.perf_counter()
     step()  # the first step holds torch.compile's compilation, reported apart
     first_step = time.perf_counter() - t0
+    huge, t0 = 0, time.perf_counter()
+    if args.device == "cpu" and not args.no_malloc and not args.no_huge_pages:
+        huge = heap_huge_pages()  # as slm train does after its first step on a CPU
+    huge_s = time.perf_counter() - t0
     for _ in range(args.warmup - 1):
         step()
     if args.profile:
@@ -137,6 +146,8 @@ def main() -> None:
                 "onednn": not args.no_onednn,
                 "malloc": not args.no_malloc,
                 "page_faults_per_step": round(faults / args.steps, 1),
+                "huge_pages_mb": huge >> 20,
+                "huge_pages_s": round(huge_s, 2),
                 "threads": torch.get_num_threads(),
                 "device": args.device,
                 "params": model.num_params(False),

@@ -142,6 +142,31 @@ def test_chunked_linear_cross_entropy_matches_pytorch(z, monkeypatch):
     assert none.item() == 0.0 and not h3.grad.any() and not w3.grad.any()
 
 
+@pytest.mark.parametrize("z", [0.0, 1e-2])
+def test_chunked_head_loss_is_exact_where_the_target_probability_underflows(z):
+    """The head takes the log-partition from the target's probability; where that is below float32's range
+    (targets 150-200 nats below the rest) the loss, z-loss and gradients must still match float64's."""
+    torch.manual_seed(6)
+    h0, w0 = torch.randn(40, 8), torch.randn(64, 8)
+    t = torch.randint(0, 64, (40,))
+    w0[t[:5]] = 0.0  # these targets' logits are 0 ...
+    h0[:5] = 0.0
+    h0[:5, 0] = 1.0
+    w0[:, 0] += 150.0  # ... and every other one 150 higher (one target every few rows, the rest ordinary)
+    w0[t[:5], 0] = 0.0
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    loss = linear_cross_entropy(h, w, t, z)
+    loss.backward()
+    h2, w2 = h0.double().requires_grad_(), w0.double().requires_grad_()
+    logits = h2 @ w2.t()
+    expect = F.cross_entropy(logits, t) + z * torch.logsumexp(logits, -1).pow(2).mean()
+    expect.backward()
+    assert loss.item() > 18  # 5 rows of 150+ nats among 40
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert torch.allclose(h.grad.double(), h2.grad, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(w.grad.double(), w2.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_chunked_head_under_bf16_autocast_matches_the_logits_path():
     """Under autocast the projection runs in bf16 as nn.Linear's would, the loss and the weight gradient's
     sums in fp32: the same loss and gradients as the whole-matrix path to bf16's precision."""

@@ -148,7 +148,8 @@ def test_sweep_runs_on_a_local_ray_instance(corpus, tmp_path):
 
 
 def test_stability_probe_matches_the_attention_and_output_logits():
-    from slm.model.transformer import Transformer, apply_rope
+    from slm.model.rope import apply_rope
+    from slm.model.transformer import Transformer
 
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=1, n_head=2, n_kv_head=1, d_model=32, max_seq_len=16)

@@ -49,6 +49,7 @@ def test_end_to_end_tiny_run(tiny_cfg: Config, tmp_path: Path):
     summary = json.loads((path / "summary.json").read_text())
     assert summary["val_bpb"] == pytest.approx(s["val_bpb"]) and 0 < s["val_bpb"] < 20
     assert 0 < summary["first_step_seconds"] < summary["train_seconds"]
+    assert summary["huge_pages_mb"] >= 0  # heap_huge_pages itself: tests/test_matmul.py
     loaded = load_model(path)
     tok, cfg, meta = loaded.tokenizer, loaded.config, loaded.meta
     assert meta["step"] == 12 and cfg.tokenizer.vocab_size == tok.get_vocab_size()

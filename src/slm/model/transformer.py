@@ -22,6 +22,7 @@ from slm.config import ModelConfig
 from slm.model.loss import cross_entropy, linear_cross_entropy
 from slm.model.matmul import linear, onednn_available, onednn_product
 from slm.model.norm import rms_norm
+from slm.model.rope import apply_rope, rope_tables
 
 
 class RMSNorm(nn.Module):
@@ -33,23 +34,6 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 as Llama does; under bf16 autocast this keeps the statistics exact.
         return rms_norm(x, self.weight, self.eps)
-
-
-def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (T, D). The rotate-half layout is the one HF checkpoints use:
-    # x * cos + cat(-x2, x1) * sin. Here as x rolled by half times sin with its first half negated: the same
-    # numbers bit for bit (negation is exact), without the negated copy of x2 (forward and backward at the
-    # training shape 2.14 -> 1.54 ms a call on a 2-core AVX2 EPYC; benchmarks/cpu_kernels.py --part rope).
-    half = x.size(-1) // 2
-    signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return x * cos.to(x.dtype) + x.roll(half, -1) * signed.to(x.dtype)
 
 
 class KVCache:

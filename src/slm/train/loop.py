@@ -32,7 +32,7 @@ from slm.progress import progress as show_progress
 from slm.run import Run, read_json
 from slm.tokenizer import tokenizer_hash
 from slm.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from slm.train.memory import reuse_freed_memory
+from slm.train.memory import heap_huge_pages, reuse_freed_memory
 from slm.train.objective import Env, Objective
 from slm.train.samples import write_samples
 from slm.train.schedule import lr_at
@@ -291,7 +291,7 @@ def train(
     # A resumed run's clock and last loss continue from its log, so its summary covers the whole run.
     t_start = time.perf_counter() - (before[-1].get("elapsed", 0.0) if before else 0.0)
     t_loop = t_log = time.perf_counter()
-    tokens_since_log, first_step_seconds = 0, None
+    tokens_since_log, first_step_seconds, huge_pages = 0, None, 0
     # Tokens are counted as batches are drawn (a padded conversation counts only its own tokens); a resume
     # continues the count its checkpoint saved.
     tokens_seen = int(meta.get("tokens_seen", 0)) if resume else 0
@@ -352,6 +352,8 @@ def train(
                     first_step_seconds = time.perf_counter() - t_loop
                     if cfg.train.compile:
                         bar.print(f"step {done} took {first_step_seconds:.1f} s: torch.compile compiled the model")
+                    if device.type == "cpu":  # the heap now holds a step's tensors (slm.train.memory)
+                        huge_pages = heap_huge_pages()
                 if d.world > 1:  # every process draws different micro-batches of the same step
                     t = torch.tensor([step_tokens], device=device)
                     dist.all_reduce(t)
@@ -411,6 +413,7 @@ def train(
         "train_loss": loss_val if math.isfinite(loss_val) else None,
         "train_seconds": elapsed,
         "first_step_seconds": first_step_seconds,  # with train.compile, the compilation is in it
+        "huge_pages_mb": huge_pages >> 20,  # of the C heap, in transparent huge pages after the first step
     }
     if d.master:
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
