@@ -23,8 +23,8 @@ class RotaryFunction(torch.autograd.Function):
     apply_rope). Since the tables' halves are equal, the rotation is out1 = x1 c - x2 s, out2 = x2 c + x1 s:
     one product by cos and two half-width multiply-adds, forward and backward alike. Autograd through the
     composition makes 4 passes each way (a product, the rolled copy, its product, the sum); at the training
-    shape (16, 4, 256, 32) on a 2-core AVX2 EPYC this took 1.05 ms a call forward and backward against
-    1.56 (`python benchmarks/cpu_kernels.py --part rope`)."""
+    shape (16, 4, 256, 32) on a 2-core AVX2 EPYC this took 0.94 ms a call forward and backward against
+    1.43 (`python benchmarks/cpu_kernels.py --part rope`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin_half: torch.Tensor) -> torch.Tensor:
