@@ -144,8 +144,9 @@ def test_chunked_linear_cross_entropy_matches_pytorch(z, monkeypatch):
 
 @pytest.mark.parametrize("z", [0.0, 1e-2])
 def test_chunked_head_loss_is_exact_where_the_target_probability_underflows(z):
-    """The head takes the log-partition from the target's probability; where that is below float32's range
-    (targets 150-200 nats below the rest) the loss, z-loss and gradients must still match float64's."""
+    """Targets 150 nats below the rest of their row, whose probability is far below float32's range: the
+    chunked head's loss, z-loss and gradients in float32 must still match float64's (no exponential of a
+    target's logit may stand in for the log-partition)."""
     torch.manual_seed(6)
     h0, w0 = torch.randn(40, 8), torch.randn(64, 8)
     t = torch.randint(0, 64, (40,))

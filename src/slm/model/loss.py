@@ -13,8 +13,6 @@ and leaves unmasked training bit for bit as it was.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from slm.data.batch import IGNORE
@@ -141,15 +139,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             else:
                 logits = torch.mm(chunk, wc.t(), out=buf[: chunk.size(0)]).to(exact)
             picked = logits.gather(1, safe[rows, None]).squeeze(1)
-            # Softmax goes row by row in cache (its maximum, exponentials and their sum), where the same steps
-            # as separate ops made four passes over the chunk. The log-partition then comes from the target's
-            # probability, lse = picked - log p[target], except where that probability is too small to hold
-            # its digits (a loss past ~60 nats in float32): there from those rows' logits, made again.
-            p = torch.softmax(logits, dim=-1, out=logits)  # in place: row by row, each read before written
-            lse = picked - p.gather(1, safe[rows, None]).squeeze(1).log()
-            low = lse - picked > -math.log(torch.finfo(exact).tiny) - 27.0  # p[target] < 2^39 x the smallest normal
-            if low.any():
-                lse[low] = torch.logsumexp((chunk[low] @ wc.t()).to(exact), dim=-1)
+            top = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(top).exp_()  # one exponential pass serves the loss and the gradient
+            total_e = e.sum(dim=-1)
+            lse = top.squeeze(1) + total_e.log()
             per_row = lse - picked
             if z_loss:
                 per_row = per_row + z_loss * lse.pow(2)
@@ -157,24 +150,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (per_row * weight_row).sum()
             if not need_grad:
                 continue
-            # d loss / d logits = (p (1 + 2 z lse) - onehot) * weight_row = diag(scale) (p - onehot / factor),
-            # with factor = 1 + 2 z lse and scale = weight_row * factor. The row factor goes onto the (rows, d)
-            # sides of the two products below, not over the (rows, V) chunk: one pass fewer.
-            factor = 1.0 + 2.0 * z_loss * lse if z_loss else torch.ones_like(lse)
-            p.scatter_add_(1, safe[rows, None], -factor.reciprocal()[:, None])
-            scale = (weight_row * factor)[:, None]
-            gc = p.to(dtype)
+            # d loss / d logits = (softmax * (1 + 2 z lse) - onehot) * weight_row, built in e's buffer
+            scale = weight_row / total_e
+            if z_loss:
+                scale = scale * (1.0 + 2.0 * z_loss * lse)
+            g = e.mul_(scale[:, None])
+            g.scatter_add_(1, safe[rows, None], -weight_row[:, None])
+            gc = g.to(dtype)
             if h.dtype == dtype:
-                torch.mm(gc, wc, out=grad_h[rows]).mul_(scale)
+                torch.mm(gc, wc, out=grad_h[rows])
             else:
-                grad_h[rows] = ((gc @ wc) * scale).to(h.dtype)
-            scaled = (chunk * scale).to(dtype)
+                grad_h[rows] = (gc @ wc).to(h.dtype)
             if transposed:
-                grad_w += matmul.onednn_product(scaled.t(), gc.t())
+                grad_w += matmul.onednn_product(chunk.t(), gc.t())
             elif grad_w.dtype == gc.dtype:
-                grad_w.addmm_(gc.t(), scaled)  # in place: no (V, d) temporary per chunk
+                grad_w.addmm_(gc.t(), chunk)  # in place: no (V, d) temporary per chunk
             else:
-                grad_w += gc.t() @ scaled
+                grad_w += gc.t() @ chunk
         if grad_w is not None:
             ctx.save_for_backward(grad_h, grad_w.t().contiguous() if transposed else grad_w)
         ctx.weight_dtype = weight.dtype
