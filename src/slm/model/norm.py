@@ -41,17 +41,21 @@ class RMSNormFunction(torch.autograd.Function):
         return dx, dw, None
 
 
+def cpu_float32_training(*tensors: torch.Tensor) -> bool:
+    """Where a layer's fewer-pass training function runs (this module's, slm.model.rope's): float32 tensors on
+    a CPU, one of which needs a gradient, outside autocast and torch.compile (see the module docstring)."""
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last dimension, in float32 (as Llama does), returned in
     x's dtype."""
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-    ):
+    if cpu_float32_training(x, weight):
         return RMSNormFunction.apply(x, weight, eps)
     return F.rms_norm(x.float(), (x.size(-1),), weight.float(), eps).to(x.dtype)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from slm.model.norm import cpu_float32_training
+
 
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (length, head_dim) of each position's angles; each table's two halves are equal."""
@@ -49,13 +51,7 @@ class RotaryFunction(torch.autograd.Function):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, H, T, D) rotated by cos/sin tables from rope_tables, (T, D) or per row (B, 1, T, D)."""
     half = x.size(-1) // 2
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.requires_grad
-        and torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-    ):
+    if cpu_float32_training(x):
         return RotaryFunction.apply(x, cos, sin[..., :half])
     # x rolled by half times sin with its first half negated: the same numbers bit for bit as cat(-x2, x1) *
     # sin (negation is exact), without the negated copy of x2 (forward and backward at the training shape

@@ -24,13 +24,20 @@ MMAP_THRESHOLD = 64 << 20  # allocations below this come from the heap, where fr
 TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap's top back while training
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc on Linux, else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def reuse_freed_memory() -> bool:
     """Set glibc's thresholds (above) for this process; False where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
@@ -53,13 +60,13 @@ THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 def heap_huge_pages() -> int:
     """Back the C heap with transparent huge pages, as far as the kernel allows; the bytes of the heap in
     huge pages afterwards (0 where not Linux with glibc, where THP is off, or where the kernel refused)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return 0
     try:
         with open(THP_MODE) as f:
             if "[never]" in f.read():
                 return 0
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return 0
     span = _heap_span()
