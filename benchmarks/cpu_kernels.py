@@ -1,7 +1,7 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|head|cold|step|compile|pages|rope|norm|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|head|cold|step|compile|pages|inner|rope|norm|all] [--rounds 5]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
@@ -35,6 +35,11 @@ rope      Rotary embeddings' forward and backward at the training shape ((16, 4,
           composition before it (x rolled by half, sin with its first half negated, differentiated op by
           op), and the form before that (a negated half concatenated); checks that the two compositions
           give the same numbers and the function close ones first.
+
+inner     Training steps at the quickstart's shape (and with --big the wider one) in one process, alternated
+          step by step: oneDNN for inner dimensions up to 128 only (the rule measured on AVX2) against this
+          machine's rule (slm.model.matmul.ONEDNN_MAX_INNER; every inner dimension on an AMD CPU with
+          AVX-512). Median tokens/s of each over --steps steps.
 
 Prints one JSON line per measurement and a summary line per part; the first line names the machine.
 """
@@ -201,6 +206,61 @@ def step(
                       **{f"{k}_over_{base}": round(v / med[base], 3) for k, v in med.items()}}))  # fmt: skip
 
 
+def train_step(model, opt, x: torch.Tensor, max_inner: int) -> float:
+    """Seconds of one float32 training step with oneDNN taking products of inner dimension up to max_inner."""
+    from slm.model import matmul
+
+    matmul.ONEDNN_MAX_INNER = max_inner
+    t0 = time.perf_counter()
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    loss.item()
+    return time.perf_counter() - t0
+
+
+def inner(steps: int, big: bool) -> None:
+    """Training steps in one process, alternated step by step between oneDNN limited to inner dimensions up to
+    128 (the rule measured on AVX2) and this machine's slm.model.matmul.ONEDNN_MAX_INNER: alternating single
+    steps cancels the drift between runs that separate processes see on a shared machine."""
+    from slm.config import validate_config
+    from slm.model import matmul
+    from slm.model.transformer import Transformer
+    from slm.train.loop import make_optimizer
+    from slm.train.memory import heap_huge_pages, reuse_freed_memory
+
+    reuse_freed_memory()
+    ways = {"inner_128": 128, "this_machine": matmul.ONEDNN_MAX_INNER}
+    shapes = {"quickstart": (4, 4, 128, 256, 16, 4096)} | ({"big": (8, 8, 512, 512, 8, 8192)} if big else {})
+    for name, (layers, heads, d, seq, batch, vocab) in shapes.items():
+        torch.manual_seed(0)
+        cfg = validate_config({"tokenizer": {"vocab_size": vocab},
+                               "model": {"n_layer": layers, "n_head": heads, "d_model": d, "max_seq_len": seq},
+                               "train": {"batch_size": batch, "dtype": "float32"}})  # fmt: skip
+        model = Transformer(cfg.model, vocab)
+        opt = make_optimizer(model, cfg, torch.device("cpu"))
+        x = torch.randint(0, vocab, (batch, seq + 1))
+
+        for limit in ways.values():
+            train_step(model, opt, x, limit)
+        heap_huge_pages()  # as slm train does after its first step
+        for limit in [*ways.values()] * 2:
+            train_step(model, opt, x, limit)
+        got: dict[str, list[float]] = {k: [] for k in ways}
+        for i in range(steps):
+            for way in ways if i % 2 == 0 else reversed(ways):
+                got[way].append(train_step(model, opt, x, ways[way]))
+        matmul.ONEDNN_MAX_INNER = ways["this_machine"]
+        med = {k: statistics.median(v) for k, v in got.items()}
+        print(json.dumps({"bench": "cpu_kernels.inner", "shape": name, "steps": steps,
+                          "this_machine_max_inner": ways["this_machine"],
+                          **{f"{k}_tokens_per_sec": round(batch * seq / v, 1) for k, v in med.items()},
+                          "this_machine_over_inner_128": round(med["inner_128"] / med["this_machine"], 4)}),
+              flush=True)  # fmt: skip
+
+
 def norm(rounds: int) -> None:
     from slm.model.norm import RMSNormFunction, rms_norm
 
@@ -278,11 +338,15 @@ def rope(rounds: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--part", choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "all"], default="all"
+        "--part",
+        choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "inner", "all"],
+        default="all",
     )
-    ap.add_argument("--big", action="store_true", help="--part pages at the wider shape too")
+    ap.add_argument("--big", action="store_true", help="--part pages and inner at the wider shape too")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps of each training run (--part step, compile)")
+    ap.add_argument(
+        "--steps", type=int, default=30, help="timed steps of each training run (--part step, compile, pages, inner)"
+    )
     args = ap.parse_args()
     print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
     if args.part in ("products", "all"):
@@ -299,6 +363,8 @@ def main() -> None:
         step(args.rounds, args.steps, WAYS, "neither", "cpu_kernels.step")
     if args.part in ("compile", "all"):
         step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile")
+    if args.part in ("inner", "all"):
+        inner(args.steps, args.big)
     if args.part in ("pages", "all"):
         step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages")
         if args.big:

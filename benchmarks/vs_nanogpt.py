@@ -13,7 +13,8 @@ throughput  Same shape (4 layers, 4 heads, d_model 128, sequence 256, batch 16, 
             --compile adds both tools with torch.compile (nanoGPT --compile=True, slm train.compile=true
             in fp32); the first step's extra time (compilation) is reported apart from the throughput.
             --baseline-src PATH adds `slm train` from an older checkout's src folder (slm_baseline),
-            alternated with the rest, to measure a change in the full loop against nanoGPT's swings.
+            alternated with the rest, to measure a change in the full loop against nanoGPT's swings
+            (and in fp32 too, slm_baseline_fp32, where the defaults train in bf16).
             --isa avx2 runs both tools as on a CPU with AVX2 but no AVX-512 (PyTorch's kernels, oneDNN
             and MKL restricted to AVX2 through their environment variables; dtype auto then picks fp32).
 quality     nanoGPT's CPU Shakespeare recipe from its README (character level, 4x128, block 64, batch 12,
@@ -129,6 +130,8 @@ def throughput(
         contenders += [("nanogpt_compile", "nanogpt", None, True), ("slm_fp32_compile", "slm", "float32", True)]
     if baseline is not None:
         contenders += [("slm_baseline", "slm", "auto", False)]
+        if host["auto_dtype"] != "float32":  # then the defaults run bf16: the older checkout in fp32 too
+            contenders += [("slm_baseline_fp32", "slm", "float32", False)]
     results: dict[str, list[float]] = {name: [] for name, *_ in contenders}
     first: dict[str, list[float]] = {name: [] for name, *_ in contenders}  # first step's time beyond a median one
     for r in range(rounds):
@@ -136,7 +139,7 @@ def throughput(
             if tool == "nanogpt":
                 ms = nanogpt_steps(nanogpt, work, steps, comp)
             else:
-                src = baseline if name == "slm_baseline" else None
+                src = baseline if name.startswith("slm_baseline") else None
                 ms = slm_steps(work / f"slm_tp_{name}_{r}", shards, steps, dtype, comp, src)
             typical = statistics.median(ms[skip:])
             tps = SHAPE["batch_size"] * SHAPE["seq_len"] / (typical / 1000)
@@ -168,6 +171,8 @@ def throughput(
     if baseline is not None:
         out["ratio_baseline"] = med["slm_baseline"] / med["nanogpt"]
         out["slm_over_baseline"] = med["slm"] / med["slm_baseline"]
+        if "slm_baseline_fp32" in med:
+            out["slm_fp32_over_baseline_fp32"] = med["slm_fp32"] / med["slm_baseline_fp32"]
     if compiled:
         out["ratio_fp32_compile"] = med["slm_fp32_compile"] / med["nanogpt"]
         out["ratio_fp32_compile_vs_nanogpt_compile"] = med["slm_fp32_compile"] / med["nanogpt_compile"]

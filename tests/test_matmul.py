@@ -53,6 +53,17 @@ def test_linear_matches_pytorch_forward_and_backward(d_in, d_out, calls):
     assert calls == want
 
 
+def test_onednn_takes_every_inner_dimension_only_on_amd_cpus_with_avx512():
+    # There MKL runs its AVX2 code and oneDNN its AVX-512 code; elsewhere oneDNN only where it was measured faster.
+    assert matmul.onednn_max_inner("AVX512", "AuthenticAMD") >= 1 << 20
+    assert matmul.onednn_max_inner("AVX2", "AuthenticAMD") == 128
+    assert matmul.onednn_max_inner("AVX512", "GenuineIntel") == 128
+    assert matmul.onednn_max_inner("DEFAULT", "") == 128
+    # what this process uses
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert matmul.onednn_max_inner(capability, matmul.cpu_vendor()) == matmul.ONEDNN_MAX_INNER
+
+
 def test_linear_leaves_other_dtypes_autocast_and_frozen_inputs_to_pytorch(calls):
     w = torch.randn(16, 8, requires_grad=True)
     x = torch.randn(5, 8)
@@ -86,9 +97,9 @@ def test_chunked_head_in_float32_matches_the_whole_logits(d, vocab, calls, monke
     assert torch.allclose(linear_cross_entropy(h0, w0, t), expect.detach(), atol=1e-5)
     assert torch.allclose(h.grad, h2.grad, atol=1e-6) and torch.allclose(w.grad, w2.grad, atol=1e-6)
     # By the head's rules: at 2,048 entries each chunk's logits by oneDNN, and its share of the weight's
-    # gradient, made as its transpose (d, V); at 3,000 the logits only; at 500, or past ONEDNN_MAX_INNER, MKL.
+    # gradient, made as its transpose (d, V); at 3,000 the logits only; at 500, or past d 128, MKL.
     want = {2048: [(16, d), (d, 16), (16, d), (d, 16), (8, d), (d, 8)], 3000: [(16, d), (16, d), (8, d)], 500: []}
-    assert seen == (want[vocab] if d <= matmul.ONEDNN_MAX_INNER else [])
+    assert seen == (want[vocab] if d <= loss_mod.HEAD_ONEDNN_MAX_D else [])
     assert w.grad.is_contiguous()
 
 
