@@ -36,10 +36,11 @@ rope      Rotary embeddings' forward and backward at the training shape ((16, 4,
           op), and the form before that (a negated half concatenated); checks that the two compositions
           give the same numbers and the function close ones first.
 
-inner     Training steps at the quickstart's shape (and with --big the wider one) in one process, alternated
-          step by step: oneDNN for inner dimensions up to 128 only (the rule measured on AVX2) against this
-          machine's rule (slm.model.matmul.ONEDNN_MAX_INNER; every inner dimension on an AMD CPU with
-          AVX-512). Median tokens/s of each over --steps steps.
+inner     Training steps at the quickstart's shape (with --big also a wider one, and 2 layers of SmolLM2-135M's
+          width and head: d 576, vocabulary 49,152) in one process, alternated step by step: oneDNN for
+          inner dimensions up to 128 only (the rule measured on AVX2), and this machine's rule
+          (slm.model.matmul.ONEDNN_MAX_INNER: every inner dimension on an AMD CPU with AVX-512) twice, as
+          two ways whose gap is the noise. Median tokens/s of each over --steps steps.
 
 Prints one JSON line per measurement and a summary line per part; the first line names the machine.
 """
@@ -222,9 +223,10 @@ def train_step(model, opt, x: torch.Tensor, max_inner: int) -> float:
 
 
 def inner(steps: int, big: bool) -> None:
-    """Training steps in one process, alternated step by step between oneDNN limited to inner dimensions up to
-    128 (the rule measured on AVX2) and this machine's slm.model.matmul.ONEDNN_MAX_INNER: alternating single
-    steps cancels the drift between runs that separate processes see on a shared machine."""
+    """Training steps in one process, alternated step by step (which cancels the drift between runs that
+    separate processes see on a shared machine): oneDNN for products of inner dimension up to 128 only (the
+    rule measured on AVX2), and this machine's rule (slm.model.matmul.ONEDNN_MAX_INNER) twice, as two ways:
+    the two give the same steps, so the gap between them is the measurement's noise."""
     from slm.config import validate_config
     from slm.model import matmul
     from slm.model.transformer import Transformer
@@ -232,8 +234,11 @@ def inner(steps: int, big: bool) -> None:
     from slm.train.memory import heap_huge_pages, reuse_freed_memory
 
     reuse_freed_memory()
-    ways = {"inner_128": 128, "this_machine": matmul.ONEDNN_MAX_INNER}
-    shapes = {"quickstart": (4, 4, 128, 256, 16, 4096)} | ({"big": (8, 8, 512, 512, 8, 8192)} if big else {})
+    mine = matmul.ONEDNN_MAX_INNER
+    ways = {"inner_128": 128, "this_machine": mine, "this_machine_again": mine}
+    shapes = {"quickstart": (4, 4, 128, 256, 16, 4096)}
+    if big:  # (layers, heads, d_model, sequence, batch, vocabulary); the last has SmolLM2-135M's width and head
+        shapes |= {"big": (8, 8, 512, 512, 8, 8192), "smollm2_width": (2, 9, 576, 256, 8, 49152)}
     for name, (layers, heads, d, seq, batch, vocab) in shapes.items():
         torch.manual_seed(0)
         cfg = validate_config({"tokenizer": {"vocab_size": vocab},
@@ -242,7 +247,6 @@ def inner(steps: int, big: bool) -> None:
         model = Transformer(cfg.model, vocab)
         opt = make_optimizer(model, cfg, torch.device("cpu"))
         x = torch.randint(0, vocab, (batch, seq + 1))
-
         for limit in ways.values():
             train_step(model, opt, x, limit)
         heap_huge_pages()  # as slm train does after its first step
@@ -252,12 +256,11 @@ def inner(steps: int, big: bool) -> None:
         for i in range(steps):
             for way in ways if i % 2 == 0 else reversed(ways):
                 got[way].append(train_step(model, opt, x, ways[way]))
-        matmul.ONEDNN_MAX_INNER = ways["this_machine"]
+        matmul.ONEDNN_MAX_INNER = mine
         med = {k: statistics.median(v) for k, v in got.items()}
-        print(json.dumps({"bench": "cpu_kernels.inner", "shape": name, "steps": steps,
-                          "this_machine_max_inner": ways["this_machine"],
+        print(json.dumps({"bench": "cpu_kernels.inner", "shape": name, "steps": steps, "this_machine_max_inner": mine,
                           **{f"{k}_tokens_per_sec": round(batch * seq / v, 1) for k, v in med.items()},
-                          "this_machine_over_inner_128": round(med["inner_128"] / med["this_machine"], 4)}),
+                          **{f"{k}_over_inner_128": round(med["inner_128"] / v, 4) for k, v in med.items()}}),
               flush=True)  # fmt: skip
 
 

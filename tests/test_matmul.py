@@ -97,9 +97,9 @@ def test_chunked_head_in_float32_matches_the_whole_logits(d, vocab, calls, monke
     assert torch.allclose(linear_cross_entropy(h0, w0, t), expect.detach(), atol=1e-5)
     assert torch.allclose(h.grad, h2.grad, atol=1e-6) and torch.allclose(w.grad, w2.grad, atol=1e-6)
     # By the head's rules: at 2,048 entries each chunk's logits by oneDNN, and its share of the weight's
-    # gradient, made as its transpose (d, V); at 3,000 the logits only; at 500, or past d 128, MKL.
+    # gradient, made as its transpose (d, V); at 3,000 the logits only; at 500, or past ONEDNN_MAX_INNER, MKL.
     want = {2048: [(16, d), (d, 16), (16, d), (d, 16), (8, d), (d, 8)], 3000: [(16, d), (16, d), (8, d)], 500: []}
-    assert seen == (want[vocab] if d <= loss_mod.HEAD_ONEDNN_MAX_D else [])
+    assert seen == (want[vocab] if d <= matmul.ONEDNN_MAX_INNER else [])
     assert w.grad.is_contiguous()
 
 

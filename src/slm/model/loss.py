@@ -87,13 +87,6 @@ HEAD_CHUNK_ROWS = 512
 #     0.94-0.99x from 16,384 to 65,536, where MKL writing into the head's reused buffer wins;
 #   the weight's gradient made as its transpose: 1.02-1.43x where V is a power of two from 1,024 to 65,536,
 #     0.33-0.77x at every other size measured (3,000, 6,144, 12,288, 32,000, 49,152 among them).
-# The rules below were measured at d 128; a wider head keeps MKL's products on every CPU, even where a layer's
-# products of that width go to oneDNN (slm.model.matmul.ONEDNN_MAX_INNER). At SmolLM2-135M's head (d 576,
-# vocabulary 49,152) on a 2-core Zen 4 EPYC, oneDNN's weight gradient as (d, V), 1.3x MKL's alone, made a
-# training step 7 % slower.
-HEAD_ONEDNN_MAX_D = 128
-
-
 def onednn_logits_pays(vocab: int) -> bool:
     return 2048 <= vocab <= 12288
 
@@ -123,9 +116,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         exact = torch.promote_types(dtype, torch.float32)  # the loss and its sums: fp32, or fp64 in tests
         total = torch.zeros((), dtype=exact, device=h.device)
         grad_h = torch.empty_like(h) if need_grad else None
-        # Which of the chunk's products oneDNN makes (float32 on a CPU, d <= HEAD_ONEDNN_MAX_D); MKL
+        # Which of the chunk's products oneDNN makes (float32 on a CPU, d <= matmul.ONEDNN_MAX_INNER); MKL
         # makes the rest. The weight's gradient, summed over chunks, is then held as its transpose (d, V).
-        short = hc.size(1) <= HEAD_ONEDNN_MAX_D and matmul.onednn_ok(hc, hc.size(1))
+        short = matmul.onednn_ok(hc, hc.size(1))
         onednn_logits = short and onednn_logits_pays(weight.size(0))
         transposed = need_grad and dtype == exact and short and onednn_gradient_pays(weight.size(0))
         grad_w = None

@@ -5,9 +5,8 @@ torch.compile's CPU inference path), is faster when the inner dimension is short
 AVX2), 1.07-1.24x MKL's speed at the quickstart's products of inner dimension 128 (4,096 rows), and
 1.42-1.45x for its head chunk (512 x 128 by 128 x 4,096: 175-180 GFLOP/s against 123-124); from an inner
 dimension of 192 on, 0.94-1.07x, and 0.53-0.66x for a layer's weight gradient (g.T @ x over every row),
-which stays with MKL (`python benchmarks/cpu_kernels.py --part products`). On an AMD CPU with AVX-512 (Zen 4)
-oneDNN won at every inner dimension, so there every forward and input gradient goes to it; the weight
-gradients stay with MKL there too (oneDNN 0.43-0.78x). In a whole training step at the
+which stays with MKL (`python benchmarks/cpu_kernels.py --part products`). On an AMD CPU with AVX-512 every
+forward and input gradient goes to oneDNN (onednn_max_inner). In a whole training step at the
 quickstart's shape, these products with the allocator setting of slm.train.memory made the step 1.03x faster
 (`python benchmarks/cpu_kernels.py --part step`), and the full `slm train` loop 1.02x. The chunked head's
 products follow rules of their own, by vocabulary size (slm.model.loss).
@@ -39,10 +38,13 @@ def onednn_max_inner(capability: str, vendor: str) -> int:
 
     On an AMD CPU with AVX-512 (Zen 4), MKL runs its AVX2 code while oneDNN runs AVX-512: oneDNN was faster at
     every forward and input gradient measured there, 1.10-1.45x at the quickstart's products (inner 128 and
-    352) and 1.05-1.09x from inner 192 to 1,536 (`python benchmarks/cpu_kernels.py --part products`), and a
-    whole training step ran 1.005-1.010x as many tokens a second at the quickstart's shape and 1.046x at
-    d_model 512 (`--part inner [--big]`, steps alternated in one process). Intel CPUs with AVX-512, where MKL runs AVX-512 too, are unmeasured and keep the
-    rule measured on AVX2."""
+    352) and 1.05-1.09x from inner 192 to 1,536 (`python benchmarks/cpu_kernels.py --part products`), and
+    whole training steps ran 1.07x as fast with 8 layers of d_model 512, about 1 % faster at the quickstart's
+    shape (within the noise there), and as fast with 2 layers of SmolLM2-135M's width, whose step is mostly its
+    49,152-entry head (`--part inner --big`, steps alternated in one process). The weight gradients stay with
+    MKL there too (oneDNN 0.43-0.78x). Intel CPUs with AVX-512, where MKL runs AVX-512 as well, are unmeasured
+    and keep the rule measured on AVX2.
+    """
     if capability == "AVX512" and vendor == "AuthenticAMD":
         return 1 << 30
     return 128
