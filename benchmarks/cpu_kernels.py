@@ -345,7 +345,7 @@ def main() -> None:
         choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "inner", "all"],
         default="all",
     )
-    ap.add_argument("--big", action="store_true", help="--part pages and inner at the wider shape too")
+    ap.add_argument("--big", action="store_true", help="--part pages and inner at wider shapes too")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument(
         "--steps", type=int, default=30, help="timed steps of each training run (--part step, compile, pages, inner)"
