@@ -60,6 +60,7 @@ from pathlib import Path
 
 import torch
 from generation import machine
+from train_throughput import setup, train_step
 
 from slm.model.matmul import onednn_product
 from slm.model.rope import apply_rope, rope_tables
@@ -207,18 +208,13 @@ def step(
                       **{f"{k}_over_{base}": round(v / med[base], 3) for k, v in med.items()}}))  # fmt: skip
 
 
-def train_step(model, opt, x: torch.Tensor, max_inner: int) -> float:
+def timed_step(model, opt, x: torch.Tensor, max_inner: int) -> float:
     """Seconds of one float32 training step with oneDNN taking products of inner dimension up to max_inner."""
     from slm.model import matmul
 
     matmul.ONEDNN_MAX_INNER = max_inner
     t0 = time.perf_counter()
-    _, loss = model(x[:, :-1], x[:, 1:])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    loss.item()
+    train_step(model, opt, x)
     return time.perf_counter() - t0
 
 
@@ -227,10 +223,7 @@ def inner(steps: int, big: bool) -> None:
     separate processes see on a shared machine): oneDNN for products of inner dimension up to 128 only (the
     rule measured on AVX2), and this machine's rule (slm.model.matmul.ONEDNN_MAX_INNER) twice, as two ways:
     the two give the same steps, so the gap between them is the measurement's noise."""
-    from slm.config import validate_config
     from slm.model import matmul
-    from slm.model.transformer import Transformer
-    from slm.train.loop import make_optimizer
     from slm.train.memory import heap_huge_pages, reuse_freed_memory
 
     reuse_freed_memory()
@@ -240,22 +233,16 @@ def inner(steps: int, big: bool) -> None:
     if big:  # (layers, heads, d_model, sequence, batch, vocabulary); the last has SmolLM2-135M's width and head
         shapes |= {"big": (8, 8, 512, 512, 8, 8192), "smollm2_width": (2, 9, 576, 256, 8, 49152)}
     for name, (layers, heads, d, seq, batch, vocab) in shapes.items():
-        torch.manual_seed(0)
-        cfg = validate_config({"tokenizer": {"vocab_size": vocab},
-                               "model": {"n_layer": layers, "n_head": heads, "d_model": d, "max_seq_len": seq},
-                               "train": {"batch_size": batch, "dtype": "float32"}})  # fmt: skip
-        model = Transformer(cfg.model, vocab)
-        opt = make_optimizer(model, cfg, torch.device("cpu"))
-        x = torch.randint(0, vocab, (batch, seq + 1))
+        model, opt, x = setup(layers, heads, d, seq, batch, vocab)
         for limit in ways.values():
-            train_step(model, opt, x, limit)
+            timed_step(model, opt, x, limit)
         heap_huge_pages()  # as slm train does after its first step
         for limit in [*ways.values()] * 2:
-            train_step(model, opt, x, limit)
+            timed_step(model, opt, x, limit)
         got: dict[str, list[float]] = {k: [] for k in ways}
         for i in range(steps):
             for way in ways if i % 2 == 0 else reversed(ways):
-                got[way].append(train_step(model, opt, x, ways[way]))
+                got[way].append(timed_step(model, opt, x, ways[way]))
         matmul.ONEDNN_MAX_INNER = mine
         med = {k: statistics.median(v) for k, v in got.items()}
         print(json.dumps({"bench": "cpu_kernels.inner", "shape": name, "steps": steps, "this_machine_max_inner": mine,

@@ -18,6 +18,9 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 from generation import machine
@@ -27,6 +30,61 @@ from slm.model import matmul
 from slm.model.transformer import Transformer
 from slm.train.loop import autocast_for, make_optimizer
 from slm.train.memory import heap_huge_pages, reuse_freed_memory
+
+
+def setup(
+    n_layer: int,
+    n_head: int,
+    d_model: int,
+    seq_len: int,
+    batch_size: int,
+    vocab_size: int,
+    *,
+    n_kv_head: int | None = None,
+    qk_norm: bool = False,
+    dtype: str = "float32",
+    compile: bool = False,
+    device: torch.device | None = None,
+) -> tuple[Transformer, torch.optim.Optimizer, torch.Tensor]:
+    """The model and optimiser `slm train` would make at this shape (seed 0), and a batch of random token ids."""
+    device = device or torch.device("cpu")
+    torch.manual_seed(0)
+    cfg: Config = validate_config(
+        {
+            "tokenizer": {"vocab_size": vocab_size},
+            "model": {
+                "n_layer": n_layer,
+                "n_head": n_head,
+                "n_kv_head": n_kv_head,
+                "d_model": d_model,
+                "max_seq_len": seq_len,
+                "qk_norm": qk_norm,
+            },
+            "train": {"batch_size": batch_size, "dtype": dtype, "compile": compile},
+        }
+    )
+    model = Transformer(cfg.model, vocab_size).to(device)
+    opt = make_optimizer(model, cfg, device)
+    x = torch.randint(0, vocab_size, (batch_size, seq_len + 1), device=device)
+    return model, opt, x
+
+
+def train_step(
+    model: Transformer,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    autocast: Any = None,
+    step_model: Callable | None = None,
+) -> float:
+    """One training step as `slm train` runs it (forward under autocast, backward, clipping, the optimiser);
+    step_model is the model to call, if not model itself (torch.compile's wrapper). Returns the loss."""
+    with autocast if autocast is not None else nullcontext():
+        _, loss = (step_model if step_model is not None else model)(x[:, :-1], x[:, 1:])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def main() -> None:
@@ -70,36 +128,25 @@ def main() -> None:
         matmul.ONEDNN_MAX_INNER = 0
     if args.device == "cpu" and not args.no_malloc:
         reuse_freed_memory()  # as slm train does on a CPU
-    torch.manual_seed(0)
-    cfg: Config = validate_config(
-        {
-            "tokenizer": {"vocab_size": args.vocab_size},
-            "model": {
-                "n_layer": args.n_layer,
-                "n_head": args.n_head,
-                "n_kv_head": args.n_kv_head,
-                "d_model": args.d_model,
-                "max_seq_len": args.seq_len,
-                "qk_norm": args.qk_norm,
-            },
-            "train": {"batch_size": args.batch_size, "dtype": args.dtype, "compile": args.compile},
-        }
-    )
     device = torch.device(args.device)
-    model = Transformer(cfg.model, args.vocab_size).to(device)
-    opt = make_optimizer(model, cfg, device)
+    model, opt, x = setup(
+        args.n_layer,
+        args.n_head,
+        args.d_model,
+        args.seq_len,
+        args.batch_size,
+        args.vocab_size,
+        n_kv_head=args.n_kv_head,
+        qk_norm=args.qk_norm,
+        dtype=args.dtype,
+        compile=args.compile,
+        device=device,
+    )
     autocast, dtype = autocast_for(args.dtype, device)
     step_model = torch.compile(model) if args.compile else model
-    x = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
 
     def step() -> float:
-        with autocast:
-            _, loss = step_model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return train_step(model, opt, x, autocast, step_model)
 
     t0 = time.perf_counter()
     step()  # the first step holds torch.compile's compilation, reported apart
