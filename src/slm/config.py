@@ -141,6 +141,12 @@ class TrainConfig(Section):
     compile: bool = False
     seed: int = 1337
     threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="one device's dense peak TFLOP/s in the training dtype, to report MFU; default: looked up "
+        "for NVIDIA data-centre GPUs (slm.train.flops), none on a CPU",
+    )
     eval_every: int = Field(100, ge=1)
     eval_tokens: int = Field(65536, ge=1, description="validation tokens per periodic evaluation")
     eval_tasks: list[str] = Field(

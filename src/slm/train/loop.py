@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from slm.progress import progress as show_progress
 from slm.run import Run, read_json
 from slm.tokenizer import tokenizer_hash
 from slm.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from slm.train.flops import flops_per_token, mfu, peak_tflops
 from slm.train.memory import heap_huge_pages, reuse_freed_memory
 from slm.train.objective import Env, Objective
 from slm.train.samples import write_samples
@@ -248,13 +250,16 @@ def train(
         model = torch.compile(model)  # type: ignore[assignment]
     raw_model: Transformer = getattr(model, "_orig_mod", model)
     forward = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    flops = flops_per_token(raw_model, cfg.model, seq_len)
+    peak, peak_why = peak_tflops(device, dtype_name, cfg.train.peak_tflops)
     say(
         f"model: {raw_model.num_params(False) / 1e6:.2f}M parameters "
         f"({raw_model.num_params() / 1e6:.2f}M non-embedding, "
         f"{sum(p.numel() for p in raw_model.parameters() if p.requires_grad) / 1e6:.2f}M trained), "
         f"{dtype_name} ({dtype_why}), objective {objective.name}, "
         f"{cfg.train.batch_size * cfg.train.grad_accum} sequences of up to {seq_len} tokens/step, "
-        f"{d.world} process(es), {threads} thread(s) each"
+        f"{d.world} process(es), {threads} thread(s) each, {flops / 1e6:,.1f} MFLOP a token"
+        + (f", MFU against {peak:g} TFLOP/s a device ({peak_why})" if peak else "")
     )
 
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
@@ -304,14 +309,16 @@ def train(
         if trackers is not None:
             trackers.log(record)
 
+    rates: list[float] = []  # model TFLOP/s of each logged interval
     bar = show_progress(
         console,
         "step",
         cfg.train.max_steps,
-        ["loss {loss}", "{tps} tok/s"],
+        ["loss {loss}", "{tps} tok/s", *(["MFU {mfu}"] if peak else [])],
         enabled=progress and d.master,
         loss="-",
         tps="-",
+        mfu="-",
     )
     bar.update(completed=start_step)
     try:
@@ -372,6 +379,8 @@ def train(
                     now = time.perf_counter()
                     tps = tokens_since_log / max(now - t_log, 1e-9)
                     t_log, tokens_since_log = now, 0
+                    rates.append(tps * flops / 1e12)
+                    use = mfu(tps, flops, peak, d.world)
                     if d.master:
                         log(
                             {
@@ -381,11 +390,18 @@ def train(
                                 "lr": lr,
                                 "grad_norm": gnorm,
                                 "tokens_per_sec": tps,
+                                "tflops": rates[-1],
+                                **({"mfu": use} if use is not None else {}),
                                 "elapsed": now - t_start,
                                 **extra,
                             }
                         )
-                    bar.update(completed=done, loss=f"{loss_val:.3f}", tps=f"{tps:,.0f}")
+                    bar.update(
+                        completed=done,
+                        loss=f"{loss_val:.3f}",
+                        tps=f"{tps:,.0f}",
+                        mfu=f"{use:.1%}" if use is not None else "-",
+                    )
                 else:
                     bar.update(completed=done)
 
@@ -414,7 +430,14 @@ def train(
         "train_seconds": elapsed,
         "first_step_seconds": first_step_seconds,  # with train.compile, the compilation is in it
         "huge_pages_mb": huge_pages >> 20,  # of the C heap, in transparent huge pages after the first step
+        "flops_per_token": flops,
     }
+    if rates:
+        # The median logged interval, past the first (which holds the first step, and any compilation)
+        steady = statistics.median(rates[1:] or rates)
+        summary["tflops"] = steady
+        if peak:
+            summary["mfu"] = steady / (peak * d.world)
     if d.master:
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
         final = last_val if last_val is not None else objective.evaluate(raw_model, final=True)
