@@ -40,6 +40,17 @@ def test_report_is_self_contained_with_plots_and_tables(two_runs: list[Path], tm
     assert "[train]" in page and "val bits-per-byte" in page
     single = write_report([two_runs[0]])
     assert single == two_runs[0] / "report.html"
+    assert "model FLOPs utilisation" not in page and "MFU" in page  # no peak known on a CPU: a column of dashes
+
+
+def test_report_plots_mfu_where_the_run_knows_its_device_peak(tiny_cfg, tmp_path: Path):
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.train.peak_tflops = 0.5
+    train(cfg, Run(tmp_path / "run"), console=Console(quiet=True), progress=False)
+    page = write_report([tmp_path / "run"]).read_text()
+    assert page.count("<svg") == 6 and "model FLOPs utilisation" in page
+    mfu = json.loads((tmp_path / "run/summary.json").read_text())["mfu"]
+    assert f"<td>{mfu:.1%}</td>" in page
 
 
 def test_report_refuses_non_runs(tmp_path: Path):

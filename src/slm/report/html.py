@@ -150,7 +150,17 @@ def render(runs: list[dict]) -> str:
     parts.append("<h2>Summary</h2>")
     parts.append(
         html_table(
-            ["run", "val bits-per-byte", "val loss", "tokens", "steps", "train seconds", "parameters"],
+            [
+                "run",
+                "val bits-per-byte",
+                "val loss",
+                "tokens",
+                "steps",
+                "train seconds",
+                "parameters",
+                "model TFLOP/s",
+                "MFU",
+            ],
             [
                 [
                     r["name"],
@@ -160,6 +170,8 @@ def render(runs: list[dict]) -> str:
                     _fmt(r["summary"].get("steps"), ","),
                     _fmt(r["summary"].get("train_seconds"), ".0f"),
                     _fmt(r["summary"].get("params"), ","),
+                    _fmt(r["summary"].get("tflops"), ".3g"),
+                    _fmt(r["summary"].get("mfu"), ".1%"),  # where the device's peak is known (slm.train.flops)
                 ]
                 for r in runs
             ],
@@ -171,6 +183,7 @@ def render(runs: list[dict]) -> str:
         _plot(runs, "lr", "step", "learning rate", "lr"),
         _plot(runs, "tokens_per_sec", "step", "throughput", "tokens/s"),
         _plot(runs, "grad_norm", "step", "gradient norm (before clipping)", "norm", logy=True),
+        _plot(runs, "mfu", "step", "model FLOPs utilisation", "share of the device's peak"),  # None without a peak
     ]
     parts.append(_section("Training", plots))
     if plots[1] is None and any(_series(r, "val_bpb") for r in runs):
