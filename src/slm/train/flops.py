@@ -25,7 +25,7 @@ from slm.config import ModelConfig
 # Dense peak TFLOP/s from NVIDIA's data sheets (half the "with sparsity" figures): bf16 and tf32 tensor cores,
 # and plain float32. The first name that matches the device's name as a whole word wins, so variants come first.
 GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H100 PCIe", {"bfloat16": 756.0, "tf32": 378.0, "float32": 51.2}),
+    ("H100 PCIe", {"bfloat16": 756.5, "tf32": 378.0, "float32": 51.2}),
     ("H100 NVL", {"bfloat16": 835.5, "tf32": 417.5, "float32": 60.0}),
     ("H200 NVL", {"bfloat16": 835.5, "tf32": 417.5, "float32": 60.0}),
     ("H100", {"bfloat16": 989.4, "tf32": 494.7, "float32": 66.9}),  # SXM
