@@ -7,7 +7,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from slm.config import Config, validate_config
+from slm.config import Config, load_config, validate_config
+from slm.errors import SlmError
 from slm.model.lora import add_lora
 from slm.model.transformer import Transformer
 from slm.run import Run
@@ -121,3 +122,10 @@ def test_float32_products_on_a_gpu_count_against_tf32_only_where_pytorch_allows_
         assert product_dtype("float32", torch.device("cpu")) == "float32"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def test_a_peak_that_is_not_a_positive_number_is_refused_naming_the_field():
+    for bad in ("0", "-5", "'fast'"):
+        with pytest.raises(SlmError, match=r"train\.peak_tflops") as e:
+            load_config(None, [f"train.peak_tflops={bad}"])
+        assert "\n" not in str(e.value).strip()

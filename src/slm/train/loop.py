@@ -309,7 +309,7 @@ def train(
         if trackers is not None:
             trackers.log(record)
 
-    rates: list[float] = []  # model TFLOP/s of each logged interval
+    rates: list[float] = []  # tokens/s of each logged interval
     bar = show_progress(
         console,
         "step",
@@ -379,7 +379,7 @@ def train(
                     now = time.perf_counter()
                     tps = tokens_since_log / max(now - t_log, 1e-9)
                     t_log, tokens_since_log = now, 0
-                    rates.append(tps * flops / 1e12)
+                    rates.append(tps)
                     use = mfu(tps, flops, peak, d.world)
                     if d.master:
                         log(
@@ -390,7 +390,7 @@ def train(
                                 "lr": lr,
                                 "grad_norm": gnorm,
                                 "tokens_per_sec": tps,
-                                "tflops": rates[-1],
+                                "tflops": tps * flops / 1e12,
                                 **({"mfu": use} if use is not None else {}),
                                 "elapsed": now - t_start,
                                 **extra,
@@ -435,9 +435,9 @@ def train(
     if rates:
         # The median logged interval, past the first (which holds the first step, and any compilation)
         steady = statistics.median(rates[1:] or rates)
-        summary["tflops"] = steady
+        summary["tflops"] = steady * flops / 1e12
         if peak:
-            summary["mfu"] = steady / (peak * d.world)
+            summary["mfu"] = mfu(steady, flops, peak, d.world)
     if d.master:
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
         final = last_val if last_val is not None else objective.evaluate(raw_model, final=True)
