@@ -90,6 +90,46 @@ def train_step(
     return loss.item()
 
 
+# The profiler's operators that multiply matrices: PyTorch's (MKL, or oneDNN for bf16) and oneDNN's own.
+PRODUCT_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise"}
+
+
+def profile_split(prof: Any, steps: int, product_flops: float) -> dict[str, float]:
+    """A profiled step's time (self time, ms a step) in the products, in attention (SDPA's kernels, forward
+    and backward) and in everything else, and the rate the products ran at (product_flops a step)."""
+    split = {"products_ms": 0.0, "attention_ms": 0.0, "other_ms": 0.0}
+    for e in prof.key_averages():
+        ms = e.self_cpu_time_total / 1e3 / steps
+        if e.key in PRODUCT_OPS:
+            split["products_ms"] += ms
+        elif "scaled_dot_product" in e.key:
+            split["attention_ms"] += ms
+        else:
+            split["other_ms"] += ms
+    out = {k: round(v, 1) for k, v in split.items()}
+    out["products_gflops"] = round(product_flops / split["products_ms"] / 1e6, 1) if split["products_ms"] else None
+    return out
+
+
+def square_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 7) -> dict[str, float]:
+    """GFLOP/s of an n x n x n product on the CPU, by MKL (torch.mm) and, in float32, oneDNN: what the step's
+    products could reach at a shape that suits the kernels (median of reps)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    ways = {"torch_mm": lambda: torch.mm(a, b)}
+    if matmul.onednn_available(a.device, dtype):
+        ways["onednn"] = lambda: matmul.onednn_product(a, b)
+    out = {}
+    for name, f in ways.items():
+        f()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        out[name] = round(2 * n**3 / sorted(times)[reps // 2] / 1e9, 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-layer", type=int, default=4)
@@ -115,7 +155,8 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="also print torch.profiler's top operators over 5 steps, by kind and by input shape",
+        help="also print torch.profiler's top operators over 5 steps, by kind and by input shape, and a step's "
+        "time in products, attention and the rest, with the products' GFLOP/s against a 2,048-square product's",
     )
     ap.add_argument(
         "--no-onednn",
@@ -176,6 +217,13 @@ def main() -> None:
         # The same operators by input shape: which product or elementwise kernel is slow, not just which kind.
         by_shape = prof.key_averages(group_by_input_shape=True)
         print(by_shape.table(sort_by="self_cpu_time_total", row_limit=20, max_shapes_column_width=60))
+        if args.device == "cpu":  # on a GPU the profiler's CPU times are launches, not the kernels' work
+            # Where a step's time went, in three parts, and how fast its products ran against a square one
+            attention_flops = 12 * model.cfg.n_layer * model.cfg.n_head * model.cfg.head_dim * args.seq_len
+            product_flops = (flops_per_token(model, model.cfg, args.seq_len) - attention_flops) * x[:, :-1].numel()
+            split = profile_split(prof, 5, product_flops)
+            split["square_gflops"] = square_gflops(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+            print(json.dumps({"bench": "train_throughput.profile", **split}))
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for _ in range(args.steps):
