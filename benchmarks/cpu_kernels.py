@@ -1,7 +1,8 @@
 """The CPU kernel choices of a float32 training step, measured: MKL against oneDNN per product, and the
 whole step with and without each choice.
 
-    python benchmarks/cpu_kernels.py [--part products|head|cold|step|compile|pages|inner|rope|norm|all] [--rounds 5]
+    python benchmarks/cpu_kernels.py [--part products|head|cold|step|compile|pages|inner|rope|norm|mmap|all]
+        [--rounds 5] [--dtype float32|auto] [--big]
 
 products  Each float32 product of a training step at the quickstart's shape (4,096 rows; d_model 128, SwiGLU
           352, vocabulary 4,096 in 512-row chunks), forward x @ W.T, backward g @ W and g.T @ x, by MKL (torch.mm)
@@ -17,7 +18,8 @@ step      benchmarks/train_throughput.py at the quickstart's shape in four ways,
 compile   The same, compiled (train.compile): eager, compiled as slm compiles (each product left out of the
           compiled graph and run in oneDNN, the elementwise work between them compiled), and the whole step
           compiled with PyTorch's own products (as before). Also each run's first step (seconds), which holds
-          the compilation: cold in the first round (a fresh inductor cache), warm in the later ones.
+          the compilation: cold in the first round (a fresh inductor cache), warm in the later ones. With
+          --dtype auto, in bf16 autocast where the CPU does bf16 natively (step and pages take it too).
 
 cold      Three of the step's oneDNN products called back to back, and after 32 MB of other memory traffic
           (written or read) or 2 ms idle: what a product runs at inside a step, between elementwise passes.
@@ -25,6 +27,14 @@ cold      Three of the step's oneDNN products called back to back, and after 32 
 pages     The same, with and without the heap in transparent huge pages after the first step
           (slm.train.memory.heap_huge_pages), at the quickstart's shape and, with --big, at a wider one
           (8 layers, d_model 512, sequence 512, batch 8, vocabulary 8,192).
+
+mmap      The same, with glibc's mmap threshold as slm.train.memory sets it (64 MB) and at the largest mallopt
+          takes (2 GB less a byte), which keeps every larger tensor in the heap too: tokens/s, page faults and the
+          kernel's time a step. With --big also at 2 layers of SmolLM2-135M's width and head, where the logits
+          (bf16, --dtype auto) or the head's weight gradient (float32) pass 64 MB (a quarter of --steps there).
+          Then, in a fresh process per threshold, 60 rounds of tensors of varying size (200-500 MB and half that,
+          as padded SFT batches' logits vary) freed between small long-lived allocations: the peak memory every
+          10 rounds, which a threshold above the tensors lets grow (the heap's freed holes no longer fit).
 
 norm      RMSNorm's forward and backward at the training shape ((16, 256, 128)): slm.model.norm's function
           against PyTorch's rms_norm, alternated; checks that both give the same numbers first. Also both
@@ -77,6 +87,10 @@ WAYS = {
 # step compiled with PyTorch's own products (what train.compile did before, and what --no-onednn gives)
 COMPILE_WAYS = {"eager": [], "compile": ["--compile"], "compile_all": ["--compile", "--no-onednn"]}
 PAGE_WAYS = {"huge": [], "small": ["--no-huge-pages"]}
+# --part mmap: glibc's mmap threshold as slm sets it (64 MB), and the largest mallopt takes (2 GB less a byte)
+MMAP_WAYS = {"mmap_64mb": [], "heap_2gb": ["--mmap-threshold-mb", "2047"]}
+# 2 layers of SmolLM2-135M's width and head (d 576, 9 heads, vocabulary 49,152), as --part inner's third shape
+SMOLLM2_LAYERS = ["--n-layer", "2", "--n-head", "9", "--d-model", "576", "--seq-len", "256", "--batch-size", "8"]
 BIG = ["--n-layer", "8", "--n-head", "8", "--d-model", "512", "--seq-len", "512", "--batch-size", "8"]
 
 
@@ -130,6 +144,35 @@ def products(rounds: int) -> None:
                           "onednn_over_mkl": round(gf["onednn"] / gf["mkl"], 3)}), flush=True)  # fmt: skip
 
 
+# --part mmap's last measurement, in a child process: tensors of varying size, each freed after a small tensor
+# that stays is made, under glibc's mmap threshold argv[1] (MB); peak memory (MB) every 10 rounds.
+FRAGMENT_CHILD = """
+import random, resource, sys, torch
+from slm.train import memory
+memory.MMAP_THRESHOLD = int(sys.argv[1]) << 20
+memory.reuse_freed_memory()
+torch.set_num_threads(2)
+random.seed(0)
+kept, peaks = [], []
+for i in range(60):
+    n = random.randint(50, 125) << 20  # 200-500 MB of float32
+    a = torch.empty(n).fill_(1.0)
+    b = torch.empty(n // 2).fill_(2.0)
+    kept.append(torch.ones(1000))
+    del a, b
+    if i % 10 == 9:
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
+print(peaks)
+"""
+
+
+def fragmentation() -> None:
+    for mb in (64, 2047):
+        p = subprocess.run([sys.executable, "-c", FRAGMENT_CHILD, str(mb)], capture_output=True, text=True, check=True)
+        peaks = json.loads(p.stdout.strip())
+        print(json.dumps({"bench": "cpu_kernels.fragmentation", "mmap_threshold_mb": mb, "peak_mb_every_10": peaks}))
+
+
 def cold(rounds: int) -> None:
     """Three of the step's oneDNN products called back to back (as a microbenchmark times them) and after 32 MB
     of other memory traffic, written or read (as in a step, where elementwise passes run between products),
@@ -178,6 +221,9 @@ def head(rounds: int, d: int = 128, rows: int = 512) -> None:
               flush=True)  # fmt: skip
 
 
+DTYPE = ["float32"]  # --dtype, for the training runs of step()
+
+
 def step(
     rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: str, shape: list[str] | None = None
 ) -> None:
@@ -190,7 +236,11 @@ def step(
         for way, flags in ways.items():
             cmd = [sys.executable, str(HERE / "train_throughput.py"), *(shape or [*SHAPE, "--vocab-size", "4096"])]
             p = subprocess.run(
-                [*cmd, "--steps", str(steps), *flags], capture_output=True, text=True, check=True, env=env
+                [*cmd, "--steps", str(steps), "--dtype", DTYPE[0], *flags],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
             )
             line = json.loads(p.stdout.strip().splitlines()[-1])
             got[way].append(line["tokens_per_sec"])
@@ -198,7 +248,8 @@ def step(
             print(json.dumps({"bench": bench, "way": way, "round": r, "tokens_per_sec": line["tokens_per_sec"],
                               "first_step_s": line["first_step_s"], "huge_pages_mb": line["huge_pages_mb"],
                               "huge_pages_s": line["huge_pages_s"],
-                              "page_faults_per_step": line["page_faults_per_step"]}), flush=True)  # fmt: skip
+                              "page_faults_per_step": line["page_faults_per_step"],
+                              "sys_ms_per_step": line["sys_ms_per_step"]}), flush=True)  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in got.items()}
     print(json.dumps({"bench": bench, "rounds": rounds, "steps": steps,
@@ -329,15 +380,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--part",
-        choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "inner", "all"],
+        choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "inner", "mmap", "all"],
         default="all",
     )
-    ap.add_argument("--big", action="store_true", help="--part pages and inner at wider shapes too")
+    ap.add_argument("--big", action="store_true", help="--part pages, inner and mmap at wider shapes too")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument(
         "--steps", type=int, default=30, help="timed steps of each training run (--part step, compile, pages, inner)"
     )
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "auto"],
+        default="float32",
+        help="the training dtype of --part step, compile, pages and mmap (auto: bf16 autocast where the CPU has bf16)",
+    )
     args = ap.parse_args()
+    DTYPE[0] = args.dtype
     print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
     if args.part in ("products", "all"):
         products(args.rounds)
@@ -359,6 +417,12 @@ def main() -> None:
         step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages")
         if args.big:
             step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages_big", [*BIG, "--vocab-size", "8192"])
+    if args.part in ("mmap", "all"):
+        step(args.rounds, args.steps, MMAP_WAYS, "mmap_64mb", "cpu_kernels.mmap")
+        if args.big:
+            shape = [*SMOLLM2_LAYERS, "--vocab-size", "49152"]
+            step(args.rounds, max(4, args.steps // 4), MMAP_WAYS, "mmap_64mb", "cpu_kernels.mmap_smollm2", shape)
+        fragmentation()
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ but no AVX-512, set the variables in benchmarks/generation.py's ISA_ENV["avx2"] 
 Random token ids stand in for data (throughput does not depend on the text); the first --warmup steps
 (at least one) are not timed, and the first is reported apart (first_step_s: it holds torch.compile's
 compilation). It runs the same code path as `slm train`: the model, fused AdamW, clipping, autocast. The
-line also counts the page faults of a timed step (fresh memory the C allocator got from the kernel), and gives
-the model FLOPs a token needs, the TFLOP/s achieved and, where the device's peak is known (a GPU in
-slm.train.flops's table, or --peak-tflops), the MFU.
+line also counts the page faults of a timed step (fresh memory the C allocator got from the kernel) and the
+kernel time they cost, and gives the model FLOPs a token needs, the TFLOP/s achieved and, where the device's
+peak is known (a GPU in slm.train.flops's table, or --peak-tflops), the MFU.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from generation import machine
 from slm.config import Config, validate_config
 from slm.model import matmul
 from slm.model.transformer import Transformer
+from slm.train import memory
 from slm.train.flops import flops_per_token, mfu, peak_tflops
 from slm.train.loop import autocast_for, make_optimizer
-from slm.train.memory import heap_huge_pages, reuse_freed_memory
+from slm.train.memory import heap_huge_pages
 
 
 def setup(
@@ -167,6 +168,12 @@ def main() -> None:
         "--no-malloc", action="store_true", help="leave glibc's allocator as it is (slm.train.memory not applied)"
     )
     ap.add_argument(
+        "--mmap-threshold-mb",
+        type=int,
+        default=None,
+        help="glibc's mmap threshold for the allocator setting, in MB (default: slm.train.memory's)",
+    )
+    ap.add_argument(
         "--no-huge-pages",
         action="store_true",
         help="leave the heap in 4 KB pages (no slm.train.memory.heap_huge_pages)",
@@ -176,8 +183,10 @@ def main() -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.no_onednn:
         matmul.ONEDNN_MAX_INNER = 0
+    if args.mmap_threshold_mb is not None:
+        memory.MMAP_THRESHOLD = args.mmap_threshold_mb << 20
     if args.device == "cpu" and not args.no_malloc:
-        reuse_freed_memory()  # as slm train does on a CPU
+        memory.reuse_freed_memory()  # as slm train does on a CPU
     device = torch.device(args.device)
     model, opt, x = setup(
         args.n_layer,
@@ -224,12 +233,13 @@ def main() -> None:
             split = profile_split(prof, 5, product_flops)
             split["square_gflops"] = square_gflops(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
             print(json.dumps({"bench": "train_throughput.profile", **split}))
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()  # .item() in step() waits for the device, so the clock measures finished work
     dt = time.perf_counter() - t0
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults = after.ru_minflt - before.ru_minflt
     tokens = args.steps * args.batch_size * args.seq_len
     flops = flops_per_token(model, model.cfg, args.seq_len)
     peak, peak_why = peak_tflops(device, dtype, args.peak_tflops)
@@ -252,6 +262,8 @@ def main() -> None:
                 "onednn": not args.no_onednn,
                 "malloc": not args.no_malloc,
                 "page_faults_per_step": round(faults / args.steps, 1),
+                # the kernel's CPU time a step (both threads): mostly faulting in and zeroing fresh pages
+                "sys_ms_per_step": round((after.ru_stime - before.ru_stime) / args.steps * 1e3, 1),
                 "huge_pages_mb": huge >> 20,
                 "huge_pages_s": round(huge_s, 2),
                 "threads": torch.get_num_threads(),
