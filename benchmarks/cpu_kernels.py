@@ -88,7 +88,7 @@ WAYS = {
 COMPILE_WAYS = {"eager": [], "compile": ["--compile"], "compile_all": ["--compile", "--no-onednn"]}
 PAGE_WAYS = {"huge": [], "small": ["--no-huge-pages"]}
 # --part mmap: glibc's mmap threshold as slm sets it (64 MB), and the largest mallopt takes (2 GB less a byte)
-MMAP_WAYS = {"mmap_64mb": [], "heap_2gb": ["--mmap-threshold-mb", "2047"]}
+MMAP_WAYS = {"mmap_64mb": ["--mmap-threshold-mb", "64"], "heap_2gb": ["--mmap-threshold-mb", "2047"]}
 # 2 layers of SmolLM2-135M's width and head (d 576, 9 heads, vocabulary 49,152), as --part inner's third shape
 SMOLLM2_LAYERS = ["--n-layer", "2", "--n-head", "9", "--d-model", "576", "--seq-len", "256", "--batch-size", "8"]
 BIG = ["--n-layer", "8", "--n-head", "8", "--d-model", "512", "--seq-len", "512", "--batch-size", "8"]
