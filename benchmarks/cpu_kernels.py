@@ -221,11 +221,14 @@ def head(rounds: int, d: int = 128, rows: int = 512) -> None:
               flush=True)  # fmt: skip
 
 
-DTYPE = ["float32"]  # --dtype, for the training runs of step()
-
-
 def step(
-    rounds: int, steps: int, ways: dict[str, list[str]], base: str, bench: str, shape: list[str] | None = None
+    rounds: int,
+    steps: int,
+    ways: dict[str, list[str]],
+    base: str,
+    bench: str,
+    shape: list[str] | None = None,
+    dtype: str = "float32",
 ) -> None:
     got: dict[str, list[float]] = {k: [] for k in ways}
     first: dict[str, list[float]] = {k: [] for k in ways}
@@ -236,7 +239,7 @@ def step(
         for way, flags in ways.items():
             cmd = [sys.executable, str(HERE / "train_throughput.py"), *(shape or [*SHAPE, "--vocab-size", "4096"])]
             p = subprocess.run(
-                [*cmd, "--steps", str(steps), "--dtype", DTYPE[0], *flags],
+                [*cmd, "--steps", str(steps), "--dtype", dtype, *flags],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -395,7 +398,6 @@ def main() -> None:
         help="the training dtype of --part step, compile, pages and mmap (auto: bf16 autocast where the CPU has bf16)",
     )
     args = ap.parse_args()
-    DTYPE[0] = args.dtype
     print(json.dumps({"bench": "cpu_kernels.machine", **machine()}), flush=True)
     if args.part in ("products", "all"):
         products(args.rounds)
@@ -408,20 +410,22 @@ def main() -> None:
     if args.part in ("rope", "all"):
         rope(args.rounds)
     if args.part in ("step", "all"):
-        step(args.rounds, args.steps, WAYS, "neither", "cpu_kernels.step")
+        step(args.rounds, args.steps, WAYS, "neither", "cpu_kernels.step", dtype=args.dtype)
     if args.part in ("compile", "all"):
-        step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile")
+        step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile", dtype=args.dtype)
     if args.part in ("inner", "all"):
         inner(args.steps, args.big)
     if args.part in ("pages", "all"):
-        step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages")
+        step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages", dtype=args.dtype)
         if args.big:
-            step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages_big", [*BIG, "--vocab-size", "8192"])
+            big = [*BIG, "--vocab-size", "8192"]
+            step(args.rounds, args.steps, PAGE_WAYS, "small", "cpu_kernels.pages_big", big, args.dtype)
     if args.part in ("mmap", "all"):
-        step(args.rounds, args.steps, MMAP_WAYS, "mmap_64mb", "cpu_kernels.mmap")
+        step(args.rounds, args.steps, MMAP_WAYS, "mmap_64mb", "cpu_kernels.mmap", dtype=args.dtype)
         if args.big:
             shape = [*SMOLLM2_LAYERS, "--vocab-size", "49152"]
-            step(args.rounds, max(4, args.steps // 4), MMAP_WAYS, "mmap_64mb", "cpu_kernels.mmap_smollm2", shape)
+            steps = max(4, args.steps // 4)
+            step(args.rounds, steps, MMAP_WAYS, "mmap_64mb", "cpu_kernels.mmap_smollm2", shape, args.dtype)
         fragmentation()
 
 

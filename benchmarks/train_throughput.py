@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -31,7 +32,7 @@ from slm.config import Config, validate_config
 from slm.model import matmul
 from slm.model.transformer import Transformer
 from slm.train import memory
-from slm.train.flops import flops_per_token, mfu, peak_tflops
+from slm.train.flops import flops_per_token, mfu, peak_tflops, product_flops_per_token
 from slm.train.loop import autocast_for, make_optimizer
 from slm.train.memory import heap_huge_pages
 
@@ -184,6 +185,8 @@ def main() -> None:
     if args.no_onednn:
         matmul.ONEDNN_MAX_INNER = 0
     if args.mmap_threshold_mb is not None:
+        if not 1 <= args.mmap_threshold_mb <= 2047:  # mallopt takes an int of bytes, and refuses others silently
+            sys.exit(f"--mmap-threshold-mb {args.mmap_threshold_mb}: give 1 to 2047 (MB)")
         memory.MMAP_THRESHOLD = args.mmap_threshold_mb << 20
     if args.device == "cpu" and not args.no_malloc:
         memory.reuse_freed_memory()  # as slm train does on a CPU
@@ -228,9 +231,7 @@ def main() -> None:
         print(by_shape.table(sort_by="self_cpu_time_total", row_limit=20, max_shapes_column_width=60))
         if args.device == "cpu":  # on a GPU the profiler's CPU times are launches, not the kernels' work
             # Where a step's time went, in three parts, and how fast its products ran against a square one
-            attention_flops = 12 * model.cfg.n_layer * model.cfg.n_head * model.cfg.head_dim * args.seq_len
-            product_flops = (flops_per_token(model, model.cfg, args.seq_len) - attention_flops) * x[:, :-1].numel()
-            split = profile_split(prof, 5, product_flops)
+            split = profile_split(prof, 5, product_flops_per_token(model) * x[:, :-1].numel())
             split["square_gflops"] = square_gflops(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
             print(json.dumps({"bench": "train_throughput.profile", **split}))
     before = resource.getrusage(resource.RUSAGE_SELF)

@@ -159,8 +159,9 @@ def throughput(
         ("slm_fp32", "slm", "float32", False),
     ]
     if compiled:
-        # On a CPU slm compiles in float32 (compiled bf16 was slower than eager bf16 there); on a GPU in its
-        # default dtype, bf16, as nanoGPT does
+        # On a CPU slm compiles in float32, the dtype of the AVX2 target and of the earlier compiled rows in
+        # BENCHMARKS.md (compiled bf16 now gains there too: cpu_kernels.py --part compile --dtype auto); on a GPU
+        # in its default dtype, bf16, as nanoGPT does
         slm_compiled = ("slm_fp32_compile", "float32") if DEVICE == "cpu" else ("slm_compile", "auto")
         contenders += [("nanogpt_compile", "nanogpt", None, True), (slm_compiled[0], "slm", slm_compiled[1], True)]
     if baseline is not None:

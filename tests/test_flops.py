@@ -12,7 +12,15 @@ from slm.errors import SlmError
 from slm.model.lora import add_lora
 from slm.model.transformer import Transformer
 from slm.run import Run
-from slm.train.flops import flops_per_token, gpu_peak, mfu, peak_tflops, product_dtype
+from slm.train.flops import (
+    attention_flops_per_token,
+    flops_per_token,
+    gpu_peak,
+    mfu,
+    peak_tflops,
+    product_dtype,
+    product_flops_per_token,
+)
 from slm.train.loop import train
 
 
@@ -40,8 +48,10 @@ def test_flops_per_token_counts_every_product_once_and_attention(tie: bool):
     layer = d * m.n_head * hd + 2 * d * kv * hd + m.n_head * hd * d + 3 * d * ff
     # 6 per weight of every product (the head once, tied or not; the embedding lookup is no product),
     # and 12 L H Q T for attention's scores and weighted values
-    want = 6 * (m.n_layer * layer + d * 500) + 12 * m.n_layer * m.n_head * hd * 100
-    assert flops_per_token(model, m, 100) == want
+    products, attention = 6 * (m.n_layer * layer + d * 500), 12 * m.n_layer * m.n_head * hd * 100
+    assert flops_per_token(model, m, 100) == products + attention
+    assert product_flops_per_token(model) == products  # the part the products' GFLOP/s are reckoned from
+    assert attention_flops_per_token(m, 100) == attention
 
 
 def test_frozen_weights_take_no_weight_gradient():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +198,13 @@ def test_compiled_model_keeps_its_products_in_onednn_and_matches_eager(calls):
     assert eager_calls > 0 and len(calls) == eager_calls  # the same products, all in oneDNN
     assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(compiled_grads, eager_grads, strict=True))
+
+
+def test_throughput_benchmark_refuses_an_mmap_threshold_mallopt_cannot_take():
+    """benchmarks/train_throughput.py --mmap-threshold-mb: mallopt takes an int of bytes and ignores what it
+    refuses, so a value outside 1-2047 MB stops the benchmark in one line instead of measuring glibc's own."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    for bad in ("0", "-64", "4096"):
+        out = subprocess.run([sys.executable, str(script), "--mmap-threshold-mb", bad], capture_output=True, text=True)
+        assert out.returncode != 0 and out.stdout == ""
+        assert out.stderr.strip() == f"--mmap-threshold-mb {bad}: give 1 to 2047 (MB)"

@@ -39,11 +39,19 @@ GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 
 def flops_per_token(model: nn.Module, cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs a token needs in this model, at sequences of seq_len tokens (see the module docstring)."""
+    return product_flops_per_token(model) + attention_flops_per_token(cfg, seq_len)
+
+
+def product_flops_per_token(model: nn.Module) -> float:
+    """The part of flops_per_token in products by weights: 6 a trained weight, 4 a frozen one."""
     # modules() yields a tied head once: the one product its shared weight is in
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    products = sum(m.weight.numel() * (6 if m.weight.requires_grad else 4) for m in linears)
-    attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-    return float(products + attention)
+    return float(sum(m.weight.numel() * (6 if m.weight.requires_grad else 4) for m in linears))
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """The part of flops_per_token in attention's scores and weighted values: 12 L H Q T."""
+    return float(12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len)
 
 
 def product_dtype(dtype: str, device: torch.device) -> str:
