@@ -10,16 +10,17 @@ products  Each float32 product of a training step at the quickstart's shape (4,0
           a sweep of the inner dimension (64 to 1,536) at 4,096 rows, which sets ONEDNN_MAX_INNER.
 head      The chunked head's logits and weight-gradient products (d 128, 512-row chunks) by MKL and by
           oneDNN across vocabulary sizes (256 to 65,536), which set the head's rules in slm.model.loss.
-step      benchmarks/train_throughput.py at the quickstart's shape in four ways, alternated --rounds times,
-          each in a fresh process: as slm trains (oneDNN where faster, glibc told to reuse freed memory),
-          without oneDNN, without the allocator setting, and with neither (as before both). Median tokens/s
-          of each and the ratios of medians to "neither".
+step      benchmarks/train_throughput.py at the quickstart's shape in four ways, alternated --rounds times
+          (the order turned every other round), each in a fresh process: as slm trains (oneDNN where faster,
+          glibc told to reuse freed memory), without oneDNN, without the allocator setting, and with neither
+          (as before both). Median tokens/s of each and the ratios of medians to "neither".
 
 compile   The same, compiled (train.compile): eager, compiled as slm compiles (each product left out of the
           compiled graph and run in oneDNN, the elementwise work between them compiled), and the whole step
           compiled with PyTorch's own products (as before). Also each run's first step (seconds), which holds
           the compilation: cold in the first round (a fresh inductor cache), warm in the later ones. With
-          --dtype auto, in bf16 autocast where the CPU does bf16 natively (step and pages take it too).
+          --dtype auto, in bf16 autocast where the CPU does bf16 natively (step and pages take it too). With
+          --big also eager against compiled as slm compiles at pages' wider shape (a quarter of --steps).
 
 cold      Three of the step's oneDNN products called back to back, and after 32 MB of other memory traffic
           (written or read) or 2 ms idle: what a product runs at inside a step, between elementwise passes.
@@ -28,8 +29,9 @@ pages     The same, with and without the heap in transparent huge pages after th
           (slm.train.memory.heap_huge_pages), at the quickstart's shape and, with --big, at a wider one
           (8 layers, d_model 512, sequence 512, batch 8, vocabulary 8,192).
 
-mmap      The same, with glibc's mmap threshold as slm.train.memory sets it (64 MB) and at the largest mallopt
-          takes (2 GB less a byte), which keeps every larger tensor in the heap too: tokens/s, page faults and the
+mmap      The same, with glibc's mmap threshold as slm.train.memory sets it where batch shapes vary (64 MB) and
+          as it sets it for fixed-shape objectives such as pretraining's, the largest mallopt takes (2 GB less
+          a byte), which keeps every larger tensor in the heap too: tokens/s, page faults and the
           kernel's time a step. With --big also at 2 layers of SmolLM2-135M's width and head, where the logits
           (bf16, --dtype auto) or the head's weight gradient (float32) pass 64 MB (a quarter of --steps there).
           Then, in a fresh process per threshold, 60 rounds of tensors of varying size (200-500 MB and half that,
@@ -87,7 +89,8 @@ WAYS = {
 # step compiled with PyTorch's own products (what train.compile did before, and what --no-onednn gives)
 COMPILE_WAYS = {"eager": [], "compile": ["--compile"], "compile_all": ["--compile", "--no-onednn"]}
 PAGE_WAYS = {"huge": [], "small": ["--no-huge-pages"]}
-# --part mmap: glibc's mmap threshold as slm sets it (64 MB), and the largest mallopt takes (2 GB less a byte)
+# --part mmap: glibc's mmap threshold as slm sets it where shapes vary (64 MB), and for fixed shapes (the largest
+# mallopt takes, 2 GB less a byte)
 MMAP_WAYS = {"mmap_64mb": ["--mmap-threshold-mb", "64"], "heap_2gb": ["--mmap-threshold-mb", "2047"]}
 # 2 layers of SmolLM2-135M's width and head (d 576, 9 heads, vocabulary 49,152), as --part inner's third shape
 SMOLLM2_LAYERS = ["--n-layer", "2", "--n-head", "9", "--d-model", "576", "--seq-len", "256", "--batch-size", "8"]
@@ -149,8 +152,7 @@ def products(rounds: int) -> None:
 FRAGMENT_CHILD = """
 import random, resource, sys, torch
 from slm.train import memory
-memory.MMAP_THRESHOLD = int(sys.argv[1]) << 20
-memory.reuse_freed_memory()
+memory.reuse_freed_memory(int(sys.argv[1]) << 20)
 torch.set_num_threads(2)
 random.seed(0)
 kept, peaks = [], []
@@ -236,7 +238,10 @@ def step(
     cache = tempfile.mkdtemp(prefix="slm_inductor_")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     for r in range(rounds):
-        for way, flags in ways.items():
+        # The order turns every other round (A B, B A, ...): on this shared machine the second of two runs in a
+        # row was often slower or faster whatever it ran, which a fixed order charges to one way. (Round 0 is
+        # always in the given order, so --part compile's first round still compiles each way cold.)
+        for way, flags in list(ways.items())[:: -1 if r % 2 else 1]:
             cmd = [sys.executable, str(HERE / "train_throughput.py"), *(shape or [*SHAPE, "--vocab-size", "4096"])]
             p = subprocess.run(
                 [*cmd, "--steps", str(steps), "--dtype", dtype, *flags],
@@ -252,7 +257,8 @@ def step(
                               "first_step_s": line["first_step_s"], "huge_pages_mb": line["huge_pages_mb"],
                               "huge_pages_s": line["huge_pages_s"],
                               "page_faults_per_step": line["page_faults_per_step"],
-                              "sys_ms_per_step": line["sys_ms_per_step"]}), flush=True)  # fmt: skip
+                              "sys_ms_per_step": line["sys_ms_per_step"],
+                              "peak_rss_mb": line["peak_rss_mb"]}), flush=True)  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in got.items()}
     print(json.dumps({"bench": bench, "rounds": rounds, "steps": steps,
@@ -278,9 +284,9 @@ def inner(steps: int, big: bool) -> None:
     rule measured on AVX2), and this machine's rule (slm.model.matmul.ONEDNN_MAX_INNER) twice, as two ways:
     the two give the same steps, so the gap between them is the measurement's noise."""
     from slm.model import matmul
-    from slm.train.memory import heap_huge_pages, reuse_freed_memory
+    from slm.train.memory import MMAP_THRESHOLD_FIXED_SHAPES, heap_huge_pages, reuse_freed_memory
 
-    reuse_freed_memory()
+    reuse_freed_memory(MMAP_THRESHOLD_FIXED_SHAPES)  # as slm train does for pretraining
     mine = matmul.ONEDNN_MAX_INNER
     ways = {"inner_128": 128, "this_machine": mine, "this_machine_again": mine}
     shapes = {"quickstart": (4, 4, 128, 256, 16, 4096)}
@@ -386,7 +392,7 @@ def main() -> None:
         choices=["products", "head", "cold", "step", "rope", "norm", "compile", "pages", "inner", "mmap", "all"],
         default="all",
     )
-    ap.add_argument("--big", action="store_true", help="--part pages, inner and mmap at wider shapes too")
+    ap.add_argument("--big", action="store_true", help="--part compile, pages, inner and mmap at wider shapes too")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument(
         "--steps", type=int, default=30, help="timed steps of each training run (--part step, compile, pages, inner)"
@@ -413,6 +419,10 @@ def main() -> None:
         step(args.rounds, args.steps, WAYS, "neither", "cpu_kernels.step", dtype=args.dtype)
     if args.part in ("compile", "all"):
         step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile", dtype=args.dtype)
+        if args.big:
+            ways = {k: COMPILE_WAYS[k] for k in ("eager", "compile")}
+            big, steps = [*BIG, "--vocab-size", "8192"], max(4, args.steps // 4)
+            step(args.rounds, steps, ways, "eager", "cpu_kernels.compile_big", big, args.dtype)
     if args.part in ("inner", "all"):
         inner(args.steps, args.big)
     if args.part in ("pages", "all"):

@@ -172,7 +172,8 @@ def main() -> None:
         "--mmap-threshold-mb",
         type=int,
         default=None,
-        help="glibc's mmap threshold for the allocator setting, in MB (default: slm.train.memory's)",
+        help="glibc's mmap threshold for the allocator setting, in MB (default: what slm train sets for "
+        "fixed-shape objectives, slm.train.memory.MMAP_THRESHOLD_FIXED_SHAPES)",
     )
     ap.add_argument(
         "--no-huge-pages",
@@ -184,12 +185,13 @@ def main() -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.no_onednn:
         matmul.ONEDNN_MAX_INNER = 0
+    threshold = memory.MMAP_THRESHOLD_FIXED_SHAPES  # as slm train sets it for pretraining's one batch shape
     if args.mmap_threshold_mb is not None:
         if not 1 <= args.mmap_threshold_mb <= 2047:  # mallopt takes an int of bytes, and refuses others silently
             sys.exit(f"--mmap-threshold-mb {args.mmap_threshold_mb}: give 1 to 2047 (MB)")
-        memory.MMAP_THRESHOLD = args.mmap_threshold_mb << 20
+        threshold = args.mmap_threshold_mb << 20
     if args.device == "cpu" and not args.no_malloc:
-        memory.reuse_freed_memory()  # as slm train does on a CPU
+        memory.reuse_freed_memory(threshold)  # as slm train does on a CPU
     device = torch.device(args.device)
     model, opt, x = setup(
         args.n_layer,
@@ -266,6 +268,7 @@ def main() -> None:
                 # the kernel's CPU time a step (both threads): mostly faulting in and zeroing fresh pages
                 "sys_ms_per_step": round((after.ru_stime - before.ru_stime) / args.steps * 1e3, 1),
                 "huge_pages_mb": huge >> 20,
+                "peak_rss_mb": after.ru_maxrss >> 10,  # Linux reports KB: the process's peak resident memory
                 "huge_pages_s": round(huge_s, 2),
                 "threads": torch.get_num_threads(),
                 "device": args.device,

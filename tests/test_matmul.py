@@ -208,3 +208,45 @@ def test_throughput_benchmark_refuses_an_mmap_threshold_mallopt_cannot_take():
         out = subprocess.run([sys.executable, str(script), "--mmap-threshold-mb", bad], capture_output=True, text=True)
         assert out.returncode != 0 and out.stdout == ""
         assert out.stderr.strip() == f"--mmap-threshold-mb {bad}: give 1 to 2047 (MB)"
+
+
+# A child process allocates and frees a 128 MB tensor 8 times inside shapes_vary(), then 16 times outside it, and
+# counts the page faults of 8 more: under the threshold slm sets for fixed shapes the freed heap memory is reused
+# outside; under 64 MB, and inside shapes_vary() whatever the run set, each comes fresh from the kernel (32,768
+# pages of 4 KB) and the heap does not grow. glibc's holes settle first: PyTorch's aligned allocations ask for
+# a little more than a freed tensor of their size left, so the heap grows by a few tensors before they fit (to
+# 1.2-1.5 GB here; what it costs in training: benchmarks/cpu_kernels.py --part mmap). Inside shapes_vary(), a
+# large tensor that fits a hole the run's steps left still takes it: only the heap's growth is stopped.
+THRESHOLD_CHILD = """
+import resource, sys, torch
+from slm.train import memory
+applied = memory.reuse_freed_memory(memory.MMAP_THRESHOLD_FIXED_SHAPES if sys.argv[1] == "fixed" else None)
+def faults(n: int) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        torch.ones(32 << 20)  # 128 MB, freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+with memory.shapes_vary():
+    inside, threshold_inside = faults(8), memory.mmap_threshold()
+faults(16)
+print(applied, inside, faults(8), threshold_inside, memory.mmap_threshold())
+"""
+
+
+def test_fixed_shapes_keep_the_largest_tensors_in_the_heap_except_where_shapes_vary():
+    from slm.train.memory import MMAP_THRESHOLD, MMAP_THRESHOLD_FIXED_SHAPES
+
+    def child(way: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", THRESHOLD_CHILD, way], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    applied, inside, outside, at_inside, at_end = child("fixed")
+    if applied == "False":  # not glibc: nothing was changed, and the call said so
+        return
+    assert int(inside) > 8 * 30_000  # fresh pages inside shapes_vary()
+    assert int(outside) < 8_000  # the freed 128 MB reused (0 measured)
+    assert (int(at_inside), int(at_end)) == (MMAP_THRESHOLD, MMAP_THRESHOLD_FIXED_SHAPES)
+    applied, inside, outside, at_inside, at_end = child("varying")
+    assert min(int(inside), int(outside)) > 8 * 30_000
+    assert int(at_inside) == int(at_end) == MMAP_THRESHOLD

@@ -294,3 +294,36 @@ def test_eval_tasks_must_be_multiple_choice(tiny_cfg: Config, tmp_path: Path):
     with pytest.raises(SlmError, match=r"train.eval_tasks=.*gen.yaml is a generate task; .*multiple-choice"):
         run_train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_fixed_shape_objectives_keep_large_tensors_in_the_heap_but_not_while_evaluating(
+    tiny_cfg: Config, tmp_path: Path
+):
+    """Pretraining's and distillation's batches have one shape, so the loop raises glibc's mmap threshold for
+    them (slm.train.memory); an evaluation's shapes vary, so it runs under the usual threshold; SFT's padded
+    batches and RL's rollouts vary too, and never raise it."""
+    from slm.rl.objective import GrpoObjective
+    from slm.sft.objective import SftObjective
+    from slm.train import memory
+    from slm.train.objective import Objective
+
+    seen: list[int | None] = []
+
+    class Recording(Objective):
+        def evaluate(self, model, final):
+            seen.append(memory.mmap_threshold())
+            return super().evaluate(model, final)
+
+    class Varying(Recording):
+        fixed_shapes = False
+
+    if not memory.reuse_freed_memory():  # not glibc: the loop changes nothing either
+        return
+    for objective, want in ((Recording, memory.MMAP_THRESHOLD_FIXED_SHAPES), (Varying, memory.MMAP_THRESHOLD)):
+        seen.clear()
+        cfg = tiny_cfg.model_copy(deep=True)
+        train(cfg, Run(tmp_path / objective.__name__), objective=objective(cfg), console=QUIET, progress=False)
+        assert memory.mmap_threshold() == want
+        assert seen == [memory.MMAP_THRESHOLD] * 2  # the evaluations at steps 6 and 12
+    assert Objective.fixed_shapes and not SftObjective.fixed_shapes and not GrpoObjective.fixed_shapes
+    memory.reuse_freed_memory()  # as the test process had it

@@ -66,6 +66,7 @@ class RlData:
 
 class GrpoObjective(Objective):
     name = "rl"
+    fixed_shapes = False  # rollouts as long as what was generated
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)

@@ -37,6 +37,7 @@ def sft_config(cfg: Config) -> SftConfig:
 
 class SftObjective(Objective):
     name = "sft"
+    fixed_shapes = False  # batches padded to their longest conversation
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)

@@ -34,7 +34,7 @@ from slm.run import Run, read_json
 from slm.tokenizer import tokenizer_hash
 from slm.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from slm.train.flops import flops_per_token, mfu, peak_tflops
-from slm.train.memory import heap_huge_pages, reuse_freed_memory
+from slm.train.memory import MMAP_THRESHOLD_FIXED_SHAPES, heap_huge_pages, reuse_freed_memory, shapes_vary
 from slm.train.objective import Env, Objective
 from slm.train.samples import write_samples
 from slm.train.schedule import lr_at
@@ -166,7 +166,7 @@ def train(
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if device.type == "cpu":
         torch.set_num_threads(threads)
-        reuse_freed_memory()
+        reuse_freed_memory(MMAP_THRESHOLD_FIXED_SHAPES if objective.fixed_shapes else None)
     say: Callable[[str], None] = (
         (lambda m: console.print(m, markup=False, highlight=False)) if d.master else (lambda m: None)
     )
@@ -407,7 +407,8 @@ def train(
 
                 if d.master and (done % cfg.train.eval_every == 0 or done == cfg.train.max_steps):
                     t_eval = time.perf_counter()
-                    last_val = objective.evaluate(raw_model, final=done == cfg.train.max_steps)
+                    with shapes_vary():
+                        last_val = objective.evaluate(raw_model, final=done == cfg.train.max_steps)
                     # Whatever the objective measures on held-out data (loss and bits-per-byte; RL's
                     # accuracy) is logged as val_NAME; counts of tokens and bytes go to the summary only.
                     shown = {k: v for k, v in last_val.items() if k not in ("tokens", "bytes")}
@@ -440,7 +441,8 @@ def train(
             summary["mfu"] = mfu(steady, flops, peak, d.world)
     if d.master:
         # The last step always evaluates; only a run resumed from its final checkpoint has not.
-        final = last_val if last_val is not None else objective.evaluate(raw_model, final=True)
+        with shapes_vary():
+            final = last_val if last_val is not None else objective.evaluate(raw_model, final=True)
         summary.update(objective.summary())
         summary.update({f"val_{k}": v for k, v in final.items()})
         summary["params"] = raw_model.num_params(False)

@@ -17,11 +17,25 @@ from __future__ import annotations
 
 import ctypes
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 64 << 20  # allocations below this come from the heap, where freed memory is reused
 TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap's top back while training
+
+# Where every step's tensors have one shape (pretraining, distillation: Objective.fixed_shapes), the largest
+# ones stay in the heap too, up to the most mallopt takes. At 64 MB a bf16 step's whole float32 logits (4,096 x
+# 4,096 at the quickstart's shape, exactly 64 MB) and, at SmolLM2-135M's width, its logits or head gradient
+# come fresh from the kernel every step: 16,000 page faults a step at the quickstart's shape and 240,000 at
+# SmolLM2's width on a 2-core Zen 4 EPYC, where the 2 GB threshold made bf16 steps 1.046x and 1.149x faster
+# (benchmarks/cpu_kernels.py --part mmap). Where shapes vary (padded SFT batches, RL's rollouts), a freed
+# tensor's hole is often a little too small for the next one and the heap grows: 60 rounds of 200-500 MB
+# tensors of varying size took the peak to 3.4 GB at 2 GB, against 0.97 GB at 64 MB (the same part).
+MMAP_THRESHOLD_FIXED_SHAPES = (1 << 31) - 1
+
+_threshold: int | None = None  # the mmap threshold this process last set here
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -34,12 +48,38 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def reuse_freed_memory() -> bool:
-    """Set glibc's thresholds (above) for this process; False where the C library is not glibc."""
+def reuse_freed_memory(mmap_threshold: int | None = None) -> bool:
+    """Set glibc's thresholds (above) for this process, the mmap threshold MMAP_THRESHOLD unless given; False
+    where the C library is not glibc."""
+    global _threshold
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    threshold = MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold
+    if not (libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        return False
+    _threshold = threshold
+    return True
+
+
+def mmap_threshold() -> int | None:
+    """The mmap threshold this process last set through this module, or None."""
+    return _threshold
+
+
+@contextmanager
+def shapes_vary() -> Iterator[None]:
+    """Within, tensors from MMAP_THRESHOLD up come fresh from the kernel again, for work whose shapes vary
+    inside a fixed-shape run (an evaluation's batches and tasks); afterwards the run's threshold is back."""
+    before = _threshold
+    if before is None or before <= MMAP_THRESHOLD:
+        yield
+        return
+    reuse_freed_memory(MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        reuse_freed_memory(before)
 
 
 # Transparent huge pages: the step's tensors, kept in the heap by reuse_freed_memory, span hundreds of MB, and

@@ -22,6 +22,9 @@ Hooks are called in this order; those that may write shared files run on rank 0 
                              for every objective; everything is logged as val_NAME
     summary()                extra fields for summary.json after the final evaluation
     state() / load_state()   JSON-able state saved in each checkpoint's meta.json and restored on resume
+
+An objective also says whether every training step's batch has one shape (fixed_shapes): where it does, the
+loop keeps even the step's largest tensors in the C heap for the next step (slm.train.memory).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Objective:
     """Next-token prediction over the data's windows: what `slm train` runs, and the base of the others."""
 
     name = "lm"
+    fixed_shapes = True  # windows of seq_len, batch_size of them, every step
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
