@@ -20,7 +20,8 @@ compile   The same, compiled (train.compile): eager, compiled as slm compiles (e
           compiled with PyTorch's own products (as before). Also each run's first step (seconds), which holds
           the compilation: cold in the first round (a fresh inductor cache), warm in the later ones. With
           --dtype auto, in bf16 autocast where the CPU does bf16 natively (step and pages take it too). With
-          --big also eager against compiled as slm compiles at pages' wider shape (a quarter of --steps).
+          --big also eager against compiled as slm compiles at the quickstart's shape with d_model 256 (half
+          of --steps), and at pages' wider shape (a quarter of --steps).
 
 cold      Three of the step's oneDNN products called back to back, and after 32 MB of other memory traffic
           (written or read) or 2 ms idle: what a product runs at inside a step, between elementwise passes.
@@ -421,6 +422,8 @@ def main() -> None:
         step(args.rounds, args.steps, COMPILE_WAYS, "eager", "cpu_kernels.compile", dtype=args.dtype)
         if args.big:
             ways = {k: COMPILE_WAYS[k] for k in ("eager", "compile")}
+            d256 = [*SHAPE[:4], "--d-model", "256", *SHAPE[6:], "--vocab-size", "4096"]
+            step(args.rounds, max(4, args.steps // 2), ways, "eager", "cpu_kernels.compile_d256", d256, args.dtype)
             big, steps = [*BIG, "--vocab-size", "8192"], max(4, args.steps // 4)
             step(args.rounds, steps, ways, "eager", "cpu_kernels.compile_big", big, args.dtype)
     if args.part in ("inner", "all"):

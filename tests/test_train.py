@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import subprocess
@@ -255,6 +256,49 @@ def test_compile_without_a_cpp_compiler_is_refused_before_any_work(tiny_cfg: Con
     with pytest.raises(SlmError, match=r"needs a C\+\+ compiler.*no-such-compiler-for-slm.*train\.compile = false"):
         run_train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_auto_compiles_only_where_it_was_measured_to_pay(monkeypatch):
+    """train.compile = "auto": bf16 on a CPU, one batch shape, a C++ compiler and enough steps to pay back the
+    first step's compilation; anything else stays eager, saying why. true and false are kept as given."""
+    cpu, many = torch.device("cpu"), loop.COMPILE_AUTO_MIN_STEPS
+    monkeypatch.setenv("CXX", sys.executable)  # a file that exists: the compiler is found
+    assert loop.choose_compile("auto", cpu, "bfloat16", many, True) == (True, f"auto: bf16 on a CPU, {many:,} steps")
+    for args, why in [
+        ((cpu, "bfloat16", many - 1, True), "too few"),
+        ((cpu, "float32", many, True), "float32"),
+        ((cpu, "bfloat16", many, False), "one shape"),
+        ((torch.device("cuda"), "bfloat16", many, True), "GPU"),
+    ]:
+        compiled, said = loop.choose_compile("auto", *args)
+        assert not compiled and why in said
+    assert loop.choose_compile(True, cpu, "float32", 1, False) == (True, "train.compile")
+    assert loop.choose_compile(False, cpu, "bfloat16", many, True) == (False, "train.compile")
+    monkeypatch.setenv("CXX", "no-such-compiler-for-slm")
+    no = (False, "auto: no C++ compiler (no-such-compiler-for-slm)")
+    assert loop.choose_compile("auto", cpu, "bfloat16", many, True) == no
+
+
+def test_the_loop_compiles_as_choose_compile_says(tiny_cfg: Config, tmp_path: Path, monkeypatch):
+    """A run compiles its model exactly when choose_compile says so for the steps it has left (a resume has
+    fewer), says so in its start line, and records it in summary.json. torch.compile is stood in for here:
+    what compiling does to a step is tests/test_matmul.py's."""
+    compiled: list[torch.nn.Module] = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)
+    monkeypatch.setattr(loop, "COMPILE_AUTO_MIN_STEPS", 10)
+    monkeypatch.setenv("CXX", sys.executable)
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.train.dtype = "bfloat16"  # auto compiles bf16 only; explicit here, whatever this CPU does natively
+    assert cfg.train.compile == "auto" and cfg.train.max_steps == 12
+    said = io.StringIO()
+    s = train(cfg.model_copy(deep=True), Run(tmp_path / "run"), console=Console(file=said, width=400), progress=False)
+    assert s["compiled"] and len(compiled) == 1
+    assert "compiled (auto: bf16 on a CPU, 12 steps)" in said.getvalue()
+    cfg.train.max_steps = 20  # resumed from step 12: 8 steps left, below the 10 that pay back here
+    s = run_train(cfg, tmp_path / "run", resume=True)
+    assert not s["compiled"] and len(compiled) == 1
+    cfg.train.dtype = "float32"
+    assert not run_train(cfg, tmp_path / "fp32")["compiled"] and len(compiled) == 1
 
 
 def next_word_task(folder: Path, n: int = 12) -> Path:

@@ -138,7 +138,12 @@ class TrainConfig(Section):
         0, ge=0, description="log the largest attention logit and the output logits' scale every N steps (0: off)"
     )
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the model: true, false, or auto, which compiles where it was measured to "
+        "pay (bf16 on a CPU with a C++ compiler, batches of one shape, and enough steps to pay back the first "
+        "step's compilation; slm.train.loop.choose_compile)",
+    )
     seed: int = 1337
     threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
     peak_tflops: float | None = Field(

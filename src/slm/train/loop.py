@@ -113,15 +113,54 @@ def autocast_for(dtype: str, device: torch.device) -> tuple[Any, str]:
     return nullcontext(), dtype
 
 
-def check_compiler(device: torch.device) -> None:
-    """train.compile on a CPU needs the C++ compiler inductor builds its kernels with ($CXX, else g++; clang++
-    on macOS): refused before any work, with what to do, instead of a traceback at the first step."""
+def missing_compiler(device: torch.device) -> str | None:
+    """The C++ compiler torch.compile would build a CPU's kernels with ($CXX, else g++; clang++ on macOS) where
+    it is not found, else None (a GPU's kernels need none)."""
     cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
-    if device.type == "cpu" and shutil.which(cxx) is None:
+    return cxx if device.type == "cpu" and shutil.which(cxx) is None else None
+
+
+def check_compiler(device: torch.device) -> None:
+    """train.compile = true on a CPU without a C++ compiler is refused before any work, with what to do,
+    instead of a traceback at the first step."""
+    cxx = missing_compiler(device)
+    if cxx is not None:
         raise SlmError(
             f"train.compile = true needs a C++ compiler on a CPU (torch.compile builds its kernels with {cxx}, "
             "not found): install one (or point $CXX at it), or set train.compile = false"
         )
+
+
+# train.compile = "auto" compiles only where compiling was measured to gain, and only for runs long enough to pay
+# back the first step, which holds the compilation (benchmarks/cpu_kernels.py --part compile --big, BENCHMARKS.md).
+# On a 2-core Zen 4 EPYC in bf16 autocast, compiled steps ran 1.25-1.30x eager's at the quickstart's shape
+# (d_model 128) and 1.12x at d_model 256, after a first step of 27-29 s with an empty inductor cache (about 5 s
+# with a warm one) against eager's 0.3-0.7 s: about 500 steps paid back a cold compile. Wider, the products take
+# more of the step and compiling gains less: 1.00x and 1.07x in two runs at d_model 512 (8 layers, sequence 512),
+# after a first step of 38-42 s, which 2,000 steps of 3 s make 0.7 % of the run. In float32 on a CPU it gained
+# 1.005x (slm's own eager norms and rotary embeddings already make the passes inductor would fuse), and no GPU
+# has been measured yet.
+COMPILE_AUTO_MIN_STEPS = 2000
+
+
+def choose_compile(
+    setting: bool | str, device: torch.device, dtype: str, steps: int, fixed_shapes: bool
+) -> tuple[bool, str]:
+    """(whether a run compiles its model, why), for train.compile and a run of `steps` more steps."""
+    if setting != "auto":
+        return bool(setting), "train.compile"
+    if device.type != "cpu":
+        return False, "auto: not yet measured on a GPU"
+    if dtype != "bfloat16":
+        return False, "auto: no gain measured in float32 on a CPU"
+    if not fixed_shapes:
+        return False, "auto: measured only where every batch has one shape"
+    if steps < COMPILE_AUTO_MIN_STEPS:
+        return False, f"auto: {steps:,} steps, too few to pay back compiling (from {COMPILE_AUTO_MIN_STEPS:,})"
+    cxx = missing_compiler(device)
+    if cxx is not None:
+        return False, f"auto: no C++ compiler ({cxx})"
+    return True, f"auto: bf16 on a CPU, {steps:,} steps"
 
 
 def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -170,7 +209,7 @@ def train(
     say: Callable[[str], None] = (
         (lambda m: console.print(m, markup=False, highlight=False)) if d.master else (lambda m: None)
     )
-    if cfg.train.compile:
+    if cfg.train.compile is True:
         check_compiler(device)
     if cfg.train.grad_accum is None:  # unset: one micro-batch per process, so torchrun needs no --set
         cfg.train.grad_accum = d.world
@@ -246,7 +285,14 @@ def train(
     if resume and start_step == cfg.train.max_steps and run.summary_path.is_file():
         say(f"{run.path} has already run its {start_step} steps; raise train.max_steps to train further")
         return read_json(run.summary_path, "remove it and resume again to rewrite it")
-    if cfg.train.compile:
+    compiled, compile_why = choose_compile(
+        cfg.train.compile,
+        device,
+        dtype_name,
+        cfg.train.max_steps - start_step,
+        objective.fixed_shapes,
+    )
+    if compiled:
         model = torch.compile(model)  # type: ignore[assignment]
     raw_model: Transformer = getattr(model, "_orig_mod", model)
     forward = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
@@ -256,7 +302,8 @@ def train(
         f"model: {raw_model.num_params(False) / 1e6:.2f}M parameters "
         f"({raw_model.num_params() / 1e6:.2f}M non-embedding, "
         f"{sum(p.numel() for p in raw_model.parameters() if p.requires_grad) / 1e6:.2f}M trained), "
-        f"{dtype_name} ({dtype_why}), objective {objective.name}, "
+        f"{dtype_name} ({dtype_why}), {'compiled' if compiled else 'eager'} ({compile_why}), "
+        f"objective {objective.name}, "
         f"{cfg.train.batch_size * cfg.train.grad_accum} sequences of up to {seq_len} tokens/step, "
         f"{d.world} process(es), {threads} thread(s) each, {flops / 1e6:,.1f} MFLOP a token"
         + (f", MFU against {peak:g} TFLOP/s a device ({peak_why})" if peak else "")
@@ -357,7 +404,7 @@ def train(
                 done = step + 1
                 if step == start_step:
                     first_step_seconds = time.perf_counter() - t_loop
-                    if cfg.train.compile:
+                    if compiled:
                         bar.print(f"step {done} took {first_step_seconds:.1f} s: torch.compile compiled the model")
                     if device.type == "cpu":  # the heap now holds a step's tensors (slm.train.memory)
                         huge_pages = heap_huge_pages()
@@ -429,7 +476,8 @@ def train(
         "tokens": tokens_seen,
         "train_loss": loss_val if math.isfinite(loss_val) else None,
         "train_seconds": elapsed,
-        "first_step_seconds": first_step_seconds,  # with train.compile, the compilation is in it
+        "first_step_seconds": first_step_seconds,  # when compiled, the compilation is in it
+        "compiled": compiled,
         "huge_pages_mb": huge_pages >> 20,  # of the C heap, in transparent huge pages after the first step
         "flops_per_token": flops,
     }
