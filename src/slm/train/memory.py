@@ -29,10 +29,11 @@ TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap's top back while training
 # ones stay in the heap too, up to the most mallopt takes. At 64 MB a bf16 step's whole float32 logits (4,096 x
 # 4,096 at the quickstart's shape, exactly 64 MB) and, at SmolLM2-135M's width, its logits or head gradient
 # come fresh from the kernel every step: 16,000 page faults a step at the quickstart's shape and 240,000 at
-# SmolLM2's width on a 2-core Zen 4 EPYC, where the 2 GB threshold made bf16 steps 1.046x and 1.149x faster
-# (benchmarks/cpu_kernels.py --part mmap). Where shapes vary (padded SFT batches, RL's rollouts), a freed
-# tensor's hole is often a little too small for the next one and the heap grows: 60 rounds of 200-500 MB
-# tensors of varying size took the peak to 3.4 GB at 2 GB, against 0.97 GB at 64 MB (the same part).
+# SmolLM2's width on a 2-core Zen 4 EPYC, where the 2 GB threshold made bf16 steps 1.05-1.19x and 1.15-1.19x
+# faster in two sessions (benchmarks/cpu_kernels.py --part mmap; 1.057x in the full loop against nanoGPT), for
+# 0-18 % more peak memory. Where shapes vary (padded SFT batches, RL's rollouts), a freed tensor's hole is often
+# a little too small for the next one and the heap grows: 60 rounds of 200-500 MB tensors of varying size took
+# the peak to 3.4-3.6 GB at 2 GB, against 0.97 GB at 64 MB (the same part).
 MMAP_THRESHOLD_FIXED_SHAPES = (1 << 31) - 1
 
 _threshold: int | None = None  # the mmap threshold this process last set here
