@@ -5,7 +5,9 @@ backward differentiates each of them in turn. The function below makes 7 element
 activations and 3 reductions: the sum of squares, the normalised input and one correction term. A training
 step at the quickstart's shape runs 9 norms over (16, 256, 128) activations; there it takes 1.51-1.85 ms a
 norm forward and backward against PyTorch's 2.61-3.56 (`python benchmarks/cpu_kernels.py --part norm`,
-2-core AVX2 EPYC). CUDA has a fused kernel of its own, autocast keeps its own casts, and torch.compile
+2-core AVX2 EPYC). Under bf16 autocast the norm's input is still the float32 residual stream and its arithmetic
+float32 either way, so the function runs there too: a bf16 training step at the quickstart's shape ran 1.02x
+faster with it on a Zen 4 EPYC (BENCHMARKS.md, item 17). CUDA has a fused kernel of its own and torch.compile
 fuses the composition itself, so each of those keeps PyTorch's path. So does inference, where nothing needs
 a gradient: for one decoded token the autograd function's own overhead made a norm about twice as slow (42
 against 22 µs).
@@ -41,14 +43,15 @@ class RMSNormFunction(torch.autograd.Function):
         return dx, dw, None
 
 
-def cpu_float32_training(*tensors: torch.Tensor) -> bool:
+def cpu_float32_training(*tensors: torch.Tensor, under_autocast: bool = False) -> bool:
     """Where a layer's fewer-pass training function runs (this module's, slm.model.rope's): float32 tensors on
-    a CPU, one of which needs a gradient, outside autocast and torch.compile (see the module docstring)."""
+    a CPU, one of which needs a gradient, outside torch.compile, and outside autocast unless the function's
+    arithmetic is float32 there too (under_autocast; see the module docstring)."""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and torch.is_grad_enabled()
         and any(t.requires_grad for t in tensors)
-        and not torch.is_autocast_enabled("cpu")
+        and (under_autocast or not torch.is_autocast_enabled("cpu"))
         and not torch.compiler.is_compiling()
     )
 
@@ -56,6 +59,6 @@ def cpu_float32_training(*tensors: torch.Tensor) -> bool:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last dimension, in float32 (as Llama does), returned in
     x's dtype."""
-    if cpu_float32_training(x, weight):
+    if cpu_float32_training(x, weight, under_autocast=True):
         return RMSNormFunction.apply(x, weight, eps)
     return F.rms_norm(x.float(), (x.size(-1),), weight.float(), eps).to(x.dtype)
