@@ -135,11 +135,11 @@ def check_compiler(device: torch.device) -> None:
 # back the first step, which holds the compilation (benchmarks/cpu_kernels.py --part compile --big, BENCHMARKS.md).
 # On a 2-core Zen 4 EPYC in bf16 autocast, compiled steps ran 1.25-1.30x eager's at the quickstart's shape
 # (d_model 128) and 1.12x at d_model 256, after a first step of 27-29 s with an empty inductor cache (about 5 s
-# with a warm one) against eager's 0.3-0.7 s: about 500 steps paid back a cold compile. Wider, the products take
-# more of the step and compiling gains less: 1.00x and 1.07x in two runs at d_model 512 (8 layers, sequence 512),
-# after a first step of 38-42 s, which 2,000 steps of 3 s make 0.7 % of the run. In float32 on a CPU it gained
-# 1.005x (slm's own eager norms and rotary embeddings already make the passes inductor would fuse), and no GPU
-# has been measured yet.
+# with a warm one) against eager's 0.3-0.7 s: about 500 steps paid back a cold compile (measured before eager bf16
+# took RMSNorm's function, about 1.025x since). Wider, the products take more of the step and compiling gains
+# less: 1.00x and 1.07x in two runs at d_model 512 (8 layers, sequence 512), after a first step of 38-42 s, which
+# 2,000 steps of 3 s make 0.7 % of the run. In float32 on a CPU it gained 1.005x (slm's own eager norms and rotary
+# embeddings already make the passes inductor would fuse), and no GPU has been measured yet.
 COMPILE_AUTO_MIN_STEPS = 2000
 
 
