@@ -5,12 +5,12 @@ backward differentiates each of them in turn. The function below makes 7 element
 activations and 3 reductions: the sum of squares, the normalised input and one correction term. A training
 step at the quickstart's shape runs 9 norms over (16, 256, 128) activations; there it takes 1.51-1.85 ms a
 norm forward and backward against PyTorch's 2.61-3.56 (`python benchmarks/cpu_kernels.py --part norm`,
-2-core AVX2 EPYC). Under bf16 autocast the norm's input is still the float32 residual stream and its arithmetic
-float32 either way, so the function runs there too: bf16 training at the quickstart's shape on a Zen 4 EPYC
-ran 1.00-1.17x as fast with it, round by round, in the full loop (median round 1.025x; BENCHMARKS.md, item 17). CUDA has a fused kernel of its own and torch.compile
-fuses the composition itself, so each of those keeps PyTorch's path. So does inference, where nothing needs
-a gradient: for one decoded token the autograd function's own overhead made a norm about twice as slow (42
-against 22 µs).
+2-core AVX2 EPYC). Under bf16 autocast the norm's input is still the float32 residual stream and its
+arithmetic float32 either way, so the function runs there too: bf16 training at the quickstart's shape on a
+Zen 4 EPYC ran 1.00-1.17x as fast with it, round by round, in the full loop (median round 1.025x;
+BENCHMARKS.md, item 17). CUDA has a fused kernel of its own and torch.compile fuses the composition itself,
+so each of those keeps PyTorch's path. So does inference, where nothing needs a gradient: for one decoded
+token the autograd function's own overhead made a norm about twice as slow (42 against 22 µs).
 """
 
 from __future__ import annotations
