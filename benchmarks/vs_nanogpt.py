@@ -7,8 +7,9 @@ on the same text: slm's embedded Shakespeare with Macbeth held out.
 
 throughput  Same shape (4 layers, 4 heads, d_model 128, sequence 256, batch 16, vocab 4096, one process,
             no gradient accumulation), same token shards. nanoGPT's train.py vs `slm train`, both full
-            training loops on real data, alternated `--rounds` times. Median per-step tokens/s, first
-            steps skipped. nanoGPT runs with --compile=False (its CPU instructions); slm with its
+            training loops on real data, alternated `--rounds` times, the order turned every other
+            round. Median per-step tokens/s, first steps skipped; ratios of the medians, and each
+            round's own ratio (ratio_rounds). nanoGPT runs with --compile=False (its CPU instructions); slm with its
             defaults (dtype auto: bf16 autocast where the CPU does bf16 natively) and in fp32.
             --compile adds both tools with torch.compile (nanoGPT --compile=True, slm train.compile=true
             in fp32 on a CPU, in its default dtype on a GPU); the first step's extra time (compilation) is
@@ -173,7 +174,9 @@ def throughput(
     peaks = {name: peak_of(tool, dtype, peak) for name, tool, dtype, _ in contenders}
     first: dict[str, list[float]] = {name: [] for name, *_ in contenders}  # first step's time beyond a median one
     for r in range(rounds):
-        for name, tool, dtype, comp in contenders:
+        # The order turns every other round (as cpu_kernels.py's does): on these shared machines a run's place in
+        # the round moved its speed, which a fixed order charges to one contender
+        for name, tool, dtype, comp in contenders[:: -1 if r % 2 else 1]:
             if tool == "nanogpt":
                 ms = nanogpt_steps(nanogpt, work, steps, comp)
             else:
@@ -209,10 +212,14 @@ def throughput(
         **{f"{k}_mfu": mfu(v, flops[k], peaks[k]) for k, v in med.items() if peaks[k]},
         "ratio": med["slm"] / med["nanogpt"],
         "ratio_fp32": med["slm_fp32"] / med["nanogpt"],
+        # each round's own ratio, to show the spread the medians hide
+        "ratio_rounds": per_round(results["slm"], results["nanogpt"]),
+        "ratio_fp32_rounds": per_round(results["slm_fp32"], results["nanogpt"]),
     }
     if baseline is not None:
         out["ratio_baseline"] = med["slm_baseline"] / med["nanogpt"]
         out["slm_over_baseline"] = med["slm"] / med["slm_baseline"]
+        out["slm_over_baseline_rounds"] = per_round(results["slm"], results["slm_baseline"])
         if "slm_baseline_fp32" in med:
             out["slm_fp32_over_baseline_fp32"] = med["slm_fp32"] / med["slm_baseline_fp32"]
     if compiled:
@@ -222,6 +229,10 @@ def throughput(
         out["slm_compile_first_step_extra_s"] = statistics.median(first[name])
         out["nanogpt_compile_first_step_extra_s"] = statistics.median(first["nanogpt_compile"])
     return out
+
+
+def per_round(a: list[float], b: list[float]) -> list[float]:
+    return [round(x / y, 3) for x, y in zip(a, b, strict=True)]
 
 
 def flops_of(tool: str) -> float:
