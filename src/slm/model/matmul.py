@@ -43,11 +43,15 @@ def onednn_max_inner(capability: str, vendor: str) -> int:
     shape (within the noise there), and as fast with 2 layers of SmolLM2-135M's width, whose step is mostly its
     49,152-entry head (`--part inner --big`, steps alternated in one process). The weight gradients stay with
     MKL there too (oneDNN 0.43-0.78x). Intel CPUs with AVX-512, where MKL runs AVX-512 as well, are unmeasured
-    and keep the rule measured on AVX2.
+    and keep the rule measured on AVX2, whose code both libraries run on any x86 CPU with it. Every other
+    capability (ARM's, where oneDNN runs code of another kind, or x86 without AVX2) was never measured, and
+    keeps PyTorch's own products: 0.
     """
     if capability == "AVX512" and vendor == "AuthenticAMD":
         return 1 << 30
-    return 128
+    if capability in ("AVX2", "AVX512"):
+        return 128
+    return 0
 
 
 # Products whose inner dimension is at most this run in oneDNN. Asked once at import: ATEN_CPU_CAPABILITY,
