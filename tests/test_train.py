@@ -371,3 +371,31 @@ def test_fixed_shape_objectives_keep_large_tensors_in_the_heap_but_not_while_eva
         assert seen == [memory.MMAP_THRESHOLD] * 2  # the evaluations at steps 6 and 12
     assert Objective.fixed_shapes and not SftObjective.fixed_shapes and not GrpoObjective.fixed_shapes
     memory.reuse_freed_memory()  # as the test process had it
+
+
+def test_threads_default_to_the_cpus_this_process_may_use(tiny_cfg: Config, tmp_path: Path, monkeypatch):
+    """Not os.cpu_count(), the whole machine's: a job given a few of a node's cores (taskset, a cpuset, Slurm)
+    trains on that many threads, not on one thread per core of the node."""
+    from slm.executor import usable_cpus
+
+    if hasattr(os, "sched_setaffinity"):  # a real mask, in a child: one CPU of this machine's
+        one = min(os.sched_getaffinity(0))
+        probe = [sys.executable, "-c", "from slm.executor import usable_cpus; print(usable_cpus())"]
+        out = subprocess.run(
+            probe, preexec_fn=lambda: os.sched_setaffinity(0, {one}), capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "1"
+    else:  # no masks on this OS: every CPU
+        assert usable_cpus() == os.cpu_count()
+    # the loop's default follows it: a mask of 3 CPUs stood in, on a machine that counts 64
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    cfg = tiny_cfg.model_copy(deep=True)
+    cfg.train.threads = None
+    said = io.StringIO()
+    try:
+        train(cfg, Run(tmp_path / "run"), console=Console(file=said, width=400), progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(1)  # as tests/conftest.py sets it for every test
+    assert "3 thread(s) each" in said.getvalue()

@@ -232,7 +232,7 @@ def data_run(
     recipe: str = typer.Argument(..., help="Pipeline recipe (TOML), e.g. recipes/data-builtin.toml."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe field, e.g. --set dedup.bands=20."),
     out: str | None = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's out)."),
-    workers: int | None = typer.Option(None, help="Local worker processes (default: all cores)."),
+    workers: int | None = typer.Option(None, help="Local worker processes (default: the cores this process may use)."),
     ray_address: str | None = typer.Option(None, help="Run stage 1 on Ray: 'auto', 'ray://host:10001' or 'local'."),
     force: bool = typer.Option(False, help="Discard an existing output folder and start over."),
 ) -> None:

@@ -145,7 +145,7 @@ class TrainConfig(Section):
         "step's compilation; slm.train.loop.choose_compile)",
     )
     seed: int = 1337
-    threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
+    threads: int | None = Field(None, ge=1, description="torch threads; default the cores this process may use")
     peak_tflops: float | None = Field(
         None,
         gt=0,
@@ -458,7 +458,7 @@ class OutputConfig(Section):
 class PipelineConfig(Section):
     name: str = "corpus"
     out: str = Field("corpora/corpus", description="output folder: one shard folder per domain")
-    workers: int | None = Field(None, ge=1, description="local processes; default the number of cores")
+    workers: int | None = Field(None, ge=1, description="local processes; default the cores this process may use")
     ray_address: str | None = Field(None, description="run on a Ray cluster ('auto', 'ray://host:10001', 'local')")
     sources: list[SourceConfig] = Field(default_factory=list)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)

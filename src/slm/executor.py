@@ -28,6 +28,17 @@ from slm.errors import SlmError
 DIED = "the worker process died (killed, out of memory or crashed)"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS keeps one (taskset, a container's or a
+    cluster job's cpuset, Slurm), else every CPU; what Python 3.13's os.process_cpu_count gives. os.cpu_count()
+    counts the whole machine, so a job given 4 of a node's 64 cores would start 64 threads on those 4. PyTorch's
+    own default thread count follows the mask too."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 @dataclass
 class Outcome:
     ok: bool

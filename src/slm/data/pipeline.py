@@ -37,7 +37,7 @@ from slm.data.readers import check_parquet, detect_format, read_hf, read_source_
 from slm.data.stats import Funnel
 from slm.data.text import ReadStats, expand_inputs
 from slm.errors import SlmError
-from slm.executor import Outcome, run_jobs
+from slm.executor import Outcome, run_jobs, usable_cpus
 from slm.run import atomic_dir, atomic_write_text
 
 # Fields that do not change what the pipeline writes, so changing them never invalidates finished work.
@@ -228,7 +228,7 @@ def run_pipeline(
     run_jobs(
         process_task,
         [(cfg_json, t, str(work)) for t in pending],
-        min(cfg.workers or os.cpu_count() or 1, len(pending)),
+        min(cfg.workers or usable_cpus(), len(pending)),
         ended,
         ray_address=cfg.ray_address,
         max_tasks_per_worker=64,

@@ -11,7 +11,6 @@ OUT/
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from slm.config import Config, MixConfig
 from slm.data.mixture import corpus_domains, natural_weights
 from slm.data.shards import Shards
 from slm.errors import SlmError
+from slm.executor import usable_cpus
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
 from slm.run import atomic_write_text
@@ -119,7 +119,7 @@ def run_mix(
         for i, m in enumerate(mixtures)
     ]
     task = mix.target_task
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     jobs = mix.jobs or cores
     train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
