@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 from generation import machine
 
 from slm.config import Config, validate_config
+from slm.executor import usable_cpus
 from slm.model import matmul
 from slm.model.transformer import Transformer
 from slm.train import memory
@@ -182,7 +182,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or usable_cpus())  # as slm train does
     if args.no_onednn:
         matmul.ONEDNN_MAX_INNER = 0
     threshold = memory.MMAP_THRESHOLD_FIXED_SHAPES  # as slm train sets it for pretraining's one batch shape
