@@ -62,7 +62,7 @@ def test_onednn_takes_every_inner_dimension_only_on_amd_cpus_with_avx512():
     assert matmul.onednn_max_inner("AVX2", "GenuineIntel") == 128
     # never measured (ARM CPUs, x86 without AVX2): PyTorch's own products only
     for capability in ("DEFAULT", "SVE256"):
-        assert matmul.onednn_max_inner(capability, "") == 0
+        assert matmul.onednn_max_inner(capability, "AuthenticAMD") == 0 and not matmul.onednn_measured(capability)
     # what this process uses
     capability = torch.backends.cpu.get_cpu_capability()
     assert matmul.onednn_max_inner(capability, matmul.cpu_vendor()) == matmul.ONEDNN_MAX_INNER

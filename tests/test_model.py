@@ -254,6 +254,20 @@ def test_packed_weights_give_the_same_logits():
     assert not make().to(torch.bfloat16).pack()  # float32 on a CPU only
 
 
+def test_cpus_where_onednn_was_never_measured_generate_with_pytorchs_products(monkeypatch):
+    from slm.model import matmul
+
+    m = make(n_kv_head=2)
+    x = torch.randint(0, 97, (3, 9))
+    with torch.no_grad():
+        plain, _ = m(x)
+        monkeypatch.setattr(matmul, "ONEDNN_MEASURED", False)  # as on an ARM CPU
+        assert not m.pack()
+        assert all(getattr(mod, name, None) is None for mod in m.modules() for name in ("packed", "qkv", "gate_up"))
+        again, _ = m(x)
+    assert torch.equal(plain, again)
+
+
 def test_fp16_copies_serve_one_row_only():
     """pack(fp16=True): a single row (one sequence decoding) multiplies float16 copies, close to float32 but
     rounded differently; several rows still multiply the packed float32 weights, bit for bit."""

@@ -33,6 +33,13 @@ def cpu_vendor() -> str:
     return ""
 
 
+def onednn_measured(capability: str) -> bool:
+    """oneDNN's products were measured against PyTorch's on CPUs of PyTorch's capability: x86 with AVX2 or
+    AVX-512 (two AMD EPYCs, Zen 2 and Zen 4). Elsewhere (ARM's capabilities, where oneDNN runs code of another
+    kind, or x86 without AVX2) slm keeps PyTorch's own products, in training and in generation alike."""
+    return capability in ("AVX2", "AVX512")
+
+
 def onednn_max_inner(capability: str, vendor: str) -> int:
     """The longest inner dimension oneDNN multiplies, given PyTorch's CPU capability and the CPU's vendor id.
 
@@ -43,20 +50,20 @@ def onednn_max_inner(capability: str, vendor: str) -> int:
     shape (within the noise there), and as fast with 2 layers of SmolLM2-135M's width, whose step is mostly its
     49,152-entry head (`--part inner --big`, steps alternated in one process). The weight gradients stay with
     MKL there too (oneDNN 0.43-0.78x). Intel CPUs with AVX-512, where MKL runs AVX-512 as well, are unmeasured
-    and keep the rule measured on AVX2, whose code both libraries run on any x86 CPU with it. Every other
-    capability (ARM's, where oneDNN runs code of another kind, or x86 without AVX2) was never measured, and
-    keeps PyTorch's own products: 0.
+    and keep the rule measured on AVX2, whose code both libraries run on any x86 CPU with it. Where nothing
+    was measured (onednn_measured), 0: PyTorch's own products.
     """
+    if not onednn_measured(capability):
+        return 0
     if capability == "AVX512" and vendor == "AuthenticAMD":
         return 1 << 30
-    if capability in ("AVX2", "AVX512"):
-        return 128
-    return 0
+    return 128
 
 
 # Products whose inner dimension is at most this run in oneDNN. Asked once at import: ATEN_CPU_CAPABILITY,
 # which restricts PyTorch's kernels (and benchmarks/generation.py's ISA_ENV), is read once per process too.
 ONEDNN_MAX_INNER = onednn_max_inner(torch.backends.cpu.get_cpu_capability(), cpu_vendor())
+ONEDNN_MEASURED = onednn_measured(torch.backends.cpu.get_cpu_capability())  # for generation's packed weights
 
 
 # Fixed for the process, so asked once at import (a constant also reads cleanly when torch.compile traces a

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slm.config import ModelConfig
+from slm.model import matmul
 from slm.model.loss import cross_entropy, linear_cross_entropy
 from slm.model.matmul import linear, onednn_available, onednn_product
 from slm.model.norm import rms_norm
@@ -161,7 +162,12 @@ PACK_ROWS = 32
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    return onednn_available(device, dtype) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Transformer.pack can keep oneDNN copies here: float32 on a CPU of a class where they were measured."""
+    return (
+        onednn_available(device, dtype)
+        and matmul.ONEDNN_MEASURED
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
 
 
 class _Step:
