@@ -10,7 +10,8 @@ Random token ids stand in for data (throughput does not depend on the text); the
 compilation). It runs the same code path as `slm train`: the model, fused AdamW, clipping, autocast. The
 line also counts the page faults of a timed step (fresh memory the C allocator got from the kernel) and the
 kernel time they cost, and gives the model FLOPs a token needs, the TFLOP/s achieved and, where the device's
-peak is known (a GPU in slm.train.flops's table, or --peak-tflops), the MFU.
+peak is known (a GPU in slm.train.flops's table, or --peak-tflops), the MFU. batch_ms is what drawing a step's
+batch from memory-mapped shards costs apart from the step (as slm train draws it, between steps).
 """
 
 from __future__ import annotations
@@ -132,6 +133,26 @@ def square_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 7) -> dict[str,
     return out
 
 
+def batch_ms(seq_len: int, batch_size: int, vocab: int, draws: int = 200) -> float:
+    """Milliseconds to draw one training batch as slm train does (Batcher over a memory-mapped token file, the
+    form `slm prepare` writes), from a file of 4M random token ids: what overlapping data loading with the step
+    could at most save."""
+    import tempfile
+
+    import numpy as np
+
+    from slm.data.shards import Batcher
+
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        np.random.default_rng(0).integers(0, vocab, 4 << 20, dtype=np.uint16).tofile(f.name)
+        batcher = Batcher(np.memmap(f.name, dtype=np.uint16, mode="r"), seq_len, batch_size, seed=0)
+        batcher.batch(0, 0)
+        t0 = time.perf_counter()
+        for i in range(draws):
+            batcher.batch(i + 1, 0)
+        return (time.perf_counter() - t0) / draws * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-layer", type=int, default=4)
@@ -245,6 +266,7 @@ def main() -> None:
     faults = after.ru_minflt - before.ru_minflt
     tokens = args.steps * args.batch_size * args.seq_len
     flops = flops_per_token(model, model.cfg, args.seq_len)
+    draw = batch_ms(args.seq_len, args.batch_size, args.vocab_size)
     peak, peak_why = peak_tflops(device, dtype, args.peak_tflops)
     print(
         json.dumps(
@@ -270,6 +292,9 @@ def main() -> None:
                 "huge_pages_mb": huge >> 20,
                 "peak_rss_mb": after.ru_maxrss >> 10,  # Linux reports KB: the process's peak resident memory
                 "huge_pages_s": round(huge_s, 2),
+                # drawing a step's batch from memory-mapped shards, as slm train does, against the step itself
+                "batch_ms": round(draw, 3),
+                "batch_share_of_step": round(draw / (dt / args.steps * 1e3), 5),
                 "threads": torch.get_num_threads(),
                 "device": args.device,
                 "params": model.num_params(False),
