@@ -141,11 +141,12 @@ def batch_ms(seq_len: int, batch_size: int, vocab: int, draws: int = 200) -> flo
 
     import numpy as np
 
-    from slm.data.shards import Batcher
+    from slm.data.shards import Batcher, token_dtype
 
+    dtype = token_dtype(vocab)  # uint16, or uint32 past 65,536 entries, as slm prepare writes them
     with tempfile.NamedTemporaryFile(suffix=".bin") as f:
-        np.random.default_rng(0).integers(0, vocab, 4 << 20, dtype=np.uint16).tofile(f.name)
-        batcher = Batcher(np.memmap(f.name, dtype=np.uint16, mode="r"), seq_len, batch_size, seed=0)
+        np.random.default_rng(0).integers(0, vocab, 4 << 20, dtype=dtype).tofile(f.name)
+        batcher = Batcher(np.memmap(f.name, dtype=dtype, mode="r"), seq_len, batch_size, seed=0)
         batcher.batch(0, 0)
         t0 = time.perf_counter()
         for i in range(draws):
