@@ -62,8 +62,9 @@ def onednn_max_inner(capability: str, vendor: str) -> int:
 
 # Products whose inner dimension is at most this run in oneDNN. Asked once at import: ATEN_CPU_CAPABILITY,
 # which restricts PyTorch's kernels (and benchmarks/generation.py's ISA_ENV), is read once per process too.
-ONEDNN_MAX_INNER = onednn_max_inner(torch.backends.cpu.get_cpu_capability(), cpu_vendor())
-ONEDNN_MEASURED = onednn_measured(torch.backends.cpu.get_cpu_capability())  # for generation's packed weights
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+ONEDNN_MAX_INNER = onednn_max_inner(_CAPABILITY, cpu_vendor())
+ONEDNN_MEASURED = onednn_measured(_CAPABILITY)  # for generation's packed weights
 
 
 # Fixed for the process, so asked once at import (a constant also reads cleanly when torch.compile traces a
