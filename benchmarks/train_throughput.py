@@ -29,7 +29,7 @@ import torch
 from generation import machine
 
 from slm.config import Config, validate_config
-from slm.executor import usable_cpus
+from slm.executor import usable_cores
 from slm.model import matmul
 from slm.model.transformer import Transformer
 from slm.train import memory
@@ -204,7 +204,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads or usable_cpus())  # as slm train does
+    torch.set_num_threads(args.threads or usable_cores())  # as slm train does
     if args.no_onednn:
         matmul.ONEDNN_MAX_INNER = 0
     threshold = memory.MMAP_THRESHOLD_FIXED_SHAPES  # as slm train sets it for pretraining's one batch shape

@@ -373,29 +373,84 @@ def test_fixed_shape_objectives_keep_large_tensors_in_the_heap_but_not_while_eva
     memory.reuse_freed_memory()  # as the test process had it
 
 
-def test_threads_default_to_the_cpus_this_process_may_use(tiny_cfg: Config, tmp_path: Path, monkeypatch):
+def fake_topology(root: Path, cores: dict[int, str], name: str = "core_cpus_list") -> Path:
+    """A sysfs cpu folder: each CPU's list of the CPUs on its core, as Linux writes it ("0,2", "0-1")."""
+    for cpu, siblings in cores.items():
+        (root / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (root / f"cpu{cpu}" / "topology" / name).write_text(siblings + "\n")
+    return root
+
+
+def test_threads_default_to_the_physical_cores_this_process_may_use(tiny_cfg: Config, tmp_path: Path, monkeypatch):
     """Not os.cpu_count(), the whole machine's: a job given a few of a node's cores (taskset, a cpuset, Slurm)
-    trains on that many threads, not on one thread per core of the node."""
-    from slm.executor import usable_cpus
+    trains on that many threads, not on one thread per core of the node; and one thread per physical core, not
+    per hardware thread, as PyTorch's own default."""
+    from slm import executor
+    from slm.executor import usable_cores, usable_cpus
 
     if hasattr(os, "sched_setaffinity"):  # a real mask, in a child: one CPU of this machine's
         one = min(os.sched_getaffinity(0))
-        probe = [sys.executable, "-c", "from slm.executor import usable_cpus; print(usable_cpus())"]
+        probe = [
+            sys.executable,
+            "-c",
+            "from slm.executor import usable_cores, usable_cpus; print(usable_cpus(), usable_cores())",
+        ]
         out = subprocess.run(
             probe, preexec_fn=lambda: os.sched_setaffinity(0, {one}), capture_output=True, text=True, check=True
         )
-        assert out.stdout.strip() == "1"
+        assert out.stdout.split() == ["1", "1"]
     else:  # no masks on this OS: every CPU
         assert usable_cpus() == os.cpu_count()
-    # the loop's default follows it: a mask of 3 CPUs stood in, on a machine that counts 64
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert 1 <= usable_cores() <= usable_cpus()
+    # the loop's default follows both: a mask of 4 CPUs, two cores of two hardware threads each (Linux numbers
+    # siblings apart, 0 with 2), stood in on a machine that counts 64
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    topo = fake_topology(tmp_path / "cpu", {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"})
+    monkeypatch.setattr(executor, "CPU_SYSFS", topo)
+    assert (usable_cpus(), usable_cores()) == (4, 2)
     cfg = tiny_cfg.model_copy(deep=True)
     cfg.train.threads = None
     said = io.StringIO()
     try:
         train(cfg, Run(tmp_path / "run"), console=Console(file=said, width=400), progress=False)
-        assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)  # as tests/conftest.py sets it for every test
-    assert "3 thread(s) each" in said.getvalue()
+    assert "2 thread(s) each" in said.getvalue()
+
+
+def test_counting_physical_cores(tmp_path: Path, monkeypatch):
+    from slm import executor
+    from slm.executor import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 4, 5}, raising=False)
+    # kernels before 5.5 write only thread_siblings_list; a mask may hold one sibling of a core without the other
+    old = fake_topology(tmp_path / "old", {0: "0-1", 1: "0-1", 4: "4,12", 5: "5,13"}, "thread_siblings_list")
+    assert usable_cores(old) == 3
+    no_smt = fake_topology(tmp_path / "no_smt", {c: str(c) for c in (0, 1, 4, 5)})
+    assert usable_cores(no_smt) == 4
+    # a CPU without topology (a container without /sys): every CPU of the mask counts, never fewer
+    assert usable_cores(fake_topology(tmp_path / "part", {0: "0-1", 1: "0-1", 4: "4,12"})) == 4
+    assert usable_cores(tmp_path / "none") == 4
+    # no masks: Apple's performance cores where sysctl has them, else every CPU
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 10)
+    monkeypatch.setattr(executor.sys, "platform", "darwin")
+    asked: list[str] = []
+
+    def sysctl(known: dict[str, str]):
+        def run(cmd, **kw):
+            asked.append(cmd[-1])
+            return subprocess.CompletedProcess(cmd, 0 if cmd[-1] in known else 1, known.get(cmd[-1], ""), "")
+
+        return run
+
+    monkeypatch.setattr(executor.subprocess, "run", sysctl({"hw.perflevel0.physicalcpu": "8", "hw.physicalcpu": "10"}))
+    assert usable_cores() == 8 and asked == ["hw.perflevel0.physicalcpu"]
+    monkeypatch.setattr(executor.subprocess, "run", sysctl({"hw.physicalcpu": "4\n"}))  # an Intel Mac
+    assert usable_cores() == 4
+    monkeypatch.setattr(executor.subprocess, "run", sysctl({}))  # sysctl answering neither
+    assert usable_cores() == 10
+    monkeypatch.setattr(executor.sys, "platform", "win32")
+    assert usable_cores() == 10

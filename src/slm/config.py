@@ -145,7 +145,7 @@ class TrainConfig(Section):
         "step's compilation; slm.train.loop.choose_compile)",
     )
     seed: int = 1337
-    threads: int | None = Field(None, ge=1, description="torch threads; default the cores this process may use")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: one per physical core it may use")
     peak_tflops: float | None = Field(
         None,
         gt=0,

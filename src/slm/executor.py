@@ -16,11 +16,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from slm.errors import SlmError
@@ -31,12 +34,57 @@ DIED = "the worker process died (killed, out of memory or crashed)"
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask where the OS keeps one (taskset, a container's or a
     cluster job's cpuset, Slurm), else every CPU; what Python 3.13's os.process_cpu_count gives. os.cpu_count()
-    counts the whole machine, so a job given 4 of a node's 64 cores would start 64 threads on those 4. PyTorch's
-    own default thread count follows the mask too."""
+    counts the whole machine, so a job given 4 of a node's 64 cores would start 64 workers on those 4. These are
+    logical CPUs: the count for worker processes and parallel jobs. Threads of one product: usable_cores()."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
         return os.cpu_count() or 1
+
+
+CPU_SYSFS = Path("/sys/devices/system/cpu")
+
+
+def usable_cores(sysfs: Path | None = None) -> int:
+    """The physical cores among usable_cpus(): the default count of torch threads for training. Two hardware
+    threads of one core (SMT, Hyper-Threading) share its vector units and caches, so a matrix product gains no
+    arithmetic from the second and the first waits on it; PyTorch's and MKL's own defaults count physical
+    cores for that reason (pytorch/pytorch#125963). On Apple's chips, the performance cores, as PyTorch's
+    default: a parallel loop split evenly waits for its slowest core. Read by hand from sysfs because no
+    library counts cores within a mask (psutil counts the whole machine's)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return _cores_without_masks()
+    sysfs = sysfs or CPU_SYSFS
+    cores: set[str] = set()
+    for cpu in cpus:
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        # the same text, the CPU list of one core, in both files; thread_siblings_list on kernels before 5.5
+        siblings = _read(topology / "core_cpus_list") or _read(topology / "thread_siblings_list")
+        if not siblings:  # no topology (a container without /sys, another kernel): every CPU counts
+            return max(1, len(cpus))
+        cores.add(siblings)
+    return max(1, len(cores))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cores_without_masks() -> int:
+    if sys.platform == "darwin":  # perflevel0: the performance cores of Apple's chips; physicalcpu: Intel Macs
+        for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
+            try:
+                out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=10).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                break
+            if out.isdigit() and int(out) > 0:
+                return int(out)
+    return os.cpu_count() or 1
 
 
 @dataclass

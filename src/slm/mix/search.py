@@ -21,7 +21,7 @@ from slm.config import Config, MixConfig
 from slm.data.mixture import corpus_domains, natural_weights
 from slm.data.shards import Shards
 from slm.errors import SlmError
-from slm.executor import usable_cpus
+from slm.executor import usable_cores, usable_cpus
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
 from slm.run import atomic_write_text
@@ -119,14 +119,13 @@ def run_mix(
         for i, m in enumerate(mixtures)
     ]
     task = mix.target_task
-    cores = usable_cpus()
-    jobs = mix.jobs or cores
+    jobs = mix.jobs or usable_cpus()
     train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
         [f"proxy {f.name}" for f in folders],
         task,
         jobs,
-        max(1, cores // jobs),
+        max(1, usable_cores() // jobs),
         mix.ray_address,
         progress,
         log,

@@ -18,7 +18,7 @@ import numpy as np
 
 from slm.config import Config, apply_override, validate_config
 from slm.errors import SlmError
-from slm.executor import usable_cpus
+from slm.executor import usable_cores
 from slm.mix.search import proxy_config, target_value
 from slm.run import atomic_write_text, migrate_saved_config, read_json
 from slm.sweep.runs import finished, train_all
@@ -58,14 +58,13 @@ def validate_sweep(
         jobs_list.append(("large", name, sweep / "validate" / "large" / name))
         if name in ("chosen", "natural", "uniform"):
             jobs_list.append(("small", name, sweep / "validate" / "small" / name))
-    cores = usable_cpus()
     jobs = jobs or 1  # larger models: one at a time with every core, unless told otherwise
     cfgs = [
         (proxy_config(large_cfg if scale == "large" else small_cfg, mixtures[name], target, name).model_dump_json(), f)
         for scale, name, f in jobs_list
     ]
     names = [f"{scale} {name}" for scale, name, _ in jobs_list]
-    train_all(cfgs, names, task, jobs, max(1, cores // jobs), None, progress, log)
+    train_all(cfgs, names, task, jobs, max(1, usable_cores() // jobs), None, progress, log)
 
     def value(folder: Path) -> float | None:
         s = folder / "summary.json"

@@ -28,7 +28,7 @@ from rich.console import Console
 
 from slm.config import Config
 from slm.errors import SlmError
-from slm.executor import usable_cpus
+from slm.executor import usable_cores
 from slm.model.transformer import Transformer
 from slm.progress import progress as show_progress
 from slm.run import Run, read_json
@@ -203,7 +203,7 @@ def train(
     objective = objective or Objective(cfg)
     d = init_distributed()
     device = pick_device(d)
-    threads = cfg.train.threads or max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    threads = cfg.train.threads or max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if device.type == "cpu":
         torch.set_num_threads(threads)
         reuse_freed_memory(MMAP_THRESHOLD_FIXED_SHAPES if objective.fixed_shapes else None)
