@@ -80,8 +80,9 @@ ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
 
 
 def machine(env: dict[str, str] | None = None) -> dict[str, object]:
-    """The CPU, its relevant features, and what PyTorch makes of them under env (in a fresh process, as the
-    variables are read once): its kernels' instruction set and the dtype `train.dtype = "auto"` picks."""
+    """The CPU, its relevant features, the CPUs and cores this process may use, and what PyTorch makes of them
+    under env (in a fresh process, as the variables are read once): its kernels' instruction set and the dtype
+    `train.dtype = "auto"` picks."""
     probe = (
         "import json, torch; from slm.train.loop import choose_dtype; d = torch.device('cpu'); "
         "print(json.dumps([torch.backends.cpu.get_cpu_capability(), *choose_dtype('auto', d)]))"
@@ -90,9 +91,13 @@ def machine(env: dict[str, str] | None = None) -> dict[str, object]:
         [sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True
     )
     capability, dtype, why = json.loads(p.stdout.strip().splitlines()[-1])
+    from slm.executor import usable_cores, usable_cpus
+
     return {
         "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),
+        "usable_cpus": usable_cpus(),  # hardware threads this process may run on; more than cores under SMT
+        "usable_cores": usable_cores(),
         "torch_cpu_capability": capability,
         "auto_dtype": dtype,
         "auto_dtype_why": why,
