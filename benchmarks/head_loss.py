@@ -1,6 +1,6 @@
 """The training loss through the vocabulary projection: whole logit matrix against slm's chunked head.
 
-    python benchmarks/head_loss.py [--rounds 5]
+    python benchmarks/head_loss.py [--rounds 5] [--shapes quickstart,smollm2,gpt2]
 
 For each shape, forward and backward of cross-entropy(h @ W.T) are timed two ways, alternated round by
 round in one process: `whole` makes the (tokens x vocabulary) fp32 logits and runs slm's fused
@@ -12,7 +12,9 @@ With --baseline-src DIR (another checkout's src/), that checkout's chunked head 
 `baseline`, alternated with the other two (its slm/model/loss.py, on this checkout's other modules).
 
 Shapes: the quickstart's head (4096 tokens, d 128, vocabulary 4096) and SmolLM2-135M's (8192 tokens,
-d 576, vocabulary 49,152). Ends with one JSON line of the medians and ratios.
+d 576, vocabulary 49,152) by default; `gpt2` is GPT-2 small's width with SmolLM2's vocabulary at one
+1,024-token sequence (d 768, as `vs_nanogpt.py --shape gpt2 --batch-size 1` trains). Ends with one JSON line
+of the medians and ratios.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from generation import cpu_flags, cpu_name
 
 from slm.model.loss import cross_entropy, linear_cross_entropy
 
-SHAPES = {"quickstart": (4096, 128, 4096), "smollm2": (8192, 576, 49152)}
+SHAPES = {"quickstart": (4096, 128, 4096), "smollm2": (8192, 576, 49152), "gpt2": (1024, 768, 49152)}
 
 
 def inputs(tokens: int, d: int, vocab: int):
@@ -98,13 +100,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline-src", type=Path, default=None, help="another checkout's src/, timed as `baseline`")
+    ap.add_argument("--shapes", default="quickstart,smollm2", help=f"comma-separated, of {', '.join(SHAPES)}")
     args = ap.parse_args()
+    shapes = args.shapes.split(",")
+    if unknown := [s for s in shapes if s not in SHAPES]:
+        raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     if args.baseline_src is not None:
         load_baseline(args.baseline_src)
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()} ({', '.join(cpu_flags())}), {args.threads} threads, float32", flush=True)
     result: dict[str, object] = {"bench": "head_loss", "cpu": cpu_name(), "cpu_flags": cpu_flags()}
-    for shape, dims in SHAPES.items():
+    for shape in shapes:
+        dims = SHAPES[shape]
         h, w, t = inputs(*dims)
         times: dict[str, list[float]] = {"whole": [], **{way: [] for way in HEADS}}
         for way in times:

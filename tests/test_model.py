@@ -142,6 +142,28 @@ def test_chunked_linear_cross_entropy_matches_pytorch(z, monkeypatch):
     assert none.item() == 0.0 and not h3.grad.any() and not w3.grad.any()
 
 
+def test_chunked_head_hands_back_its_gradients_unscaled_without_losing_them():
+    """Backward of the loss itself (upstream gradient exactly 1) returns the gradients the forward made, not a
+    scaled copy. Autograd must then not add into them: the weight used twice (tied, as the embedding is) and
+    the graph run backward twice must give twice one backward's gradients."""
+    torch.manual_seed(8)
+    h0, w0 = torch.randn(30, 8), torch.randn(40, 8)
+    t = torch.randint(0, 40, (30,))
+    grads = []
+    for times in (1, 2):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        loss = linear_cross_entropy(h, w, t) + (w * w).sum()  # a second use of the weight, as a tied embedding
+        for _ in range(times):
+            loss.backward(retain_graph=True)
+        grads.append((h.grad.clone(), w.grad.clone()))
+    (h1, w1), (h2, w2) = grads
+    assert torch.allclose(h2, 2 * h1) and torch.allclose(w2, 2 * w1)
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    logits = h @ w.t()
+    (F.cross_entropy(logits, t) + (w * w).sum()).backward()
+    assert torch.allclose(h1, h.grad, atol=1e-6) and torch.allclose(w1, w.grad, atol=1e-6)
+
+
 @pytest.mark.parametrize("z", [0.0, 1e-2])
 def test_chunked_head_loss_is_exact_where_the_target_probability_underflows(z):
     """Targets 150 nats below the rest of their row, whose probability is far below float32's range: the
