@@ -402,6 +402,15 @@ def test_threads_default_to_the_physical_cores_this_process_may_use(tiny_cfg: Co
     else:  # no masks on this OS: every CPU
         assert usable_cpus() == os.cpu_count()
     assert 1 <= usable_cores() <= usable_cpus()
+    # a limit that is not a mask, as a container's CPU quota is: joblib folds LOKY_MAX_CPU_COUNT, a user's own
+    # limit, into its count exactly as it folds the cgroup's quota (benchmarks/cpu_quota.py runs a real one)
+    probe = [
+        sys.executable,
+        "-c",
+        "from slm.executor import usable_cores, usable_cpus; print(usable_cpus(), usable_cores())",
+    ]
+    limited = subprocess.run(probe, env={**os.environ, "LOKY_MAX_CPU_COUNT": "1"}, capture_output=True, text=True)
+    assert limited.stdout.split() == ["1", "1"], limited.stderr
     # the loop's default follows both: a mask of 4 CPUs, two cores of two hardware threads each (Linux numbers
     # siblings apart, 0 with 2), stood in on a machine that counts 64
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
@@ -424,6 +433,7 @@ def test_counting_physical_cores(tmp_path: Path, monkeypatch):
     from slm import executor
     from slm.executor import usable_cores
 
+    monkeypatch.setattr(executor, "usable_cpus", lambda: 64)  # no quota: the cores alone decide
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 4, 5}, raising=False)
     # kernels before 5.5 write only thread_siblings_list; a mask may hold one sibling of a core without the other
     old = fake_topology(tmp_path / "old", {0: "0-1", 1: "0-1", 4: "4,12", 5: "5,13"}, "thread_siblings_list")

@@ -32,26 +32,34 @@ DIED = "the worker process died (killed, out of memory or crashed)"
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask where the OS keeps one (taskset, a container's or a
-    cluster job's cpuset, Slurm), else every CPU; what Python 3.13's os.process_cpu_count gives. os.cpu_count()
-    counts the whole machine, so a job given 4 of a node's 64 cores would start 64 workers on those 4. These are
-    logical CPUs: the count for worker processes and parallel jobs. Threads of one product: usable_cores()."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
-        return os.cpu_count() or 1
+    """The CPUs this process may use: its affinity mask where the OS keeps one (taskset, a container's or a
+    cluster job's cpuset, Slurm) and its cgroup's CPU quota where it has one (a container's CPU limit:
+    `docker run --cpus=2`, Kubernetes' limits.cpu), rounded up; else every CPU. os.cpu_count() counts the whole
+    machine, so a job given 4 of a node's 64 cores would start 64 workers on those 4, and a container limited
+    to 2 CPUs sees every CPU of its host. joblib's cpu_count reads both (and LOKY_MAX_CPU_COUNT, a user's own
+    limit). These are logical CPUs: the count for worker processes and parallel jobs. Threads of one
+    product: usable_cores()."""
+    from joblib import cpu_count  # 0.2 s to import: only where a count is wanted, not in every worker
+
+    return max(1, cpu_count())
 
 
 CPU_SYSFS = Path("/sys/devices/system/cpu")
 
 
 def usable_cores(sysfs: Path | None = None) -> int:
-    """The physical cores among usable_cpus(): the default count of torch threads for training. Two hardware
-    threads of one core (SMT, Hyper-Threading) share its vector units and caches, so a matrix product gains no
-    arithmetic from the second and the first waits on it; PyTorch's and MKL's own defaults count physical
-    cores for that reason (pytorch/pytorch#125963). On Apple's chips, the performance cores, as PyTorch's
-    default: a parallel loop split evenly waits for its slowest core. Read by hand from sysfs because no
-    library counts cores within a mask (psutil counts the whole machine's)."""
+    """The physical cores among usable_cpus(), and no more than its CPU quota: the default count of torch
+    threads for training. Two hardware threads of one core (SMT, Hyper-Threading) share its vector units and
+    caches, so a matrix product gains no arithmetic from the second and the first waits on it; PyTorch's and
+    MKL's own defaults count physical cores for that reason (pytorch/pytorch#125963). On Apple's chips, the
+    performance cores, as PyTorch's default: a parallel loop split evenly waits for its slowest core. Under a
+    quota, threads past it wait for its time: a quota of 1 CPU on 2 cores trained 1.23x faster on 1 thread
+    than on 2 (benchmarks/cpu_quota.py). The cores are read by hand from sysfs because no library counts
+    them within a mask (psutil and joblib count the whole machine's)."""
+    return min(usable_cpus(), _cores(sysfs))
+
+
+def _cores(sysfs: Path | None = None) -> int:
     try:
         cpus = os.sched_getaffinity(0)
     except (AttributeError, OSError):
