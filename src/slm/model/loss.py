@@ -121,11 +121,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         short = matmul.onednn_ok(hc, hc.size(1))
         onednn_logits = short and onednn_logits_pays(weight.size(0))
         transposed = need_grad and dtype == exact and short and onednn_gradient_pays(weight.size(0))
-        grad_w = None
-        if need_grad:  # the first chunk writes it, the rest add to it: no pass to zero (V, d) first
-            grad_w = torch.empty(weight.shape[::-1] if transposed else weight.shape, dtype=exact, device=h.device)
-            if h.size(0) == 0:
-                grad_w.zero_()
+        grad_w = None  # the first chunk makes it and the rest add to it, so no pass zeroes (V, d) first
         # One logits buffer for every chunk: a fresh (512, V) block each time came back from the C allocator as
         # new pages, and faulting them in nearly doubled the projection's time in a training step (10.4 against
         # 6.3 ms reused at V = 4096 on a 2-core AVX2 EPYC; benchmarks/train_throughput.py --profile). Only MKL
@@ -163,13 +159,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(gc, wc, out=grad_h[rows])
             else:
                 grad_h[rows] = (gc @ wc).to(h.dtype)
-            if transposed:
-                part = matmul.onednn_product(chunk.t(), gc.t())
-                grad_w.copy_(part) if a == 0 else grad_w.add_(part)
-            elif grad_w.dtype == gc.dtype:  # in place: no (V, d) temporary per chunk
-                torch.mm(gc.t(), chunk, out=grad_w) if a == 0 else grad_w.addmm_(gc.t(), chunk)
+            if grad_w is None:
+                grad_w = matmul.onednn_product(chunk.t(), gc.t()) if transposed else (gc.t() @ chunk).to(exact)
+            elif transposed:
+                grad_w += matmul.onednn_product(chunk.t(), gc.t())
+            elif grad_w.dtype == gc.dtype:
+                grad_w.addmm_(gc.t(), chunk)  # in place: no (V, d) temporary per chunk
             else:
-                grad_w.copy_(gc.t() @ chunk) if a == 0 else grad_w.add_(gc.t() @ chunk)
+                grad_w += gc.t() @ chunk
+        if need_grad and grad_w is None:  # no rows
+            grad_w = torch.zeros(weight.shape[::-1] if transposed else weight.shape, dtype=exact, device=h.device)
         if grad_w is not None:
             ctx.save_for_backward(grad_h, grad_w.t().contiguous() if transposed else grad_w)
         ctx.weight_dtype = weight.dtype
