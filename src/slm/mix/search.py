@@ -21,7 +21,7 @@ from slm.config import Config, MixConfig
 from slm.data.mixture import corpus_domains, natural_weights
 from slm.data.shards import Shards
 from slm.errors import SlmError
-from slm.executor import usable_cores, usable_cpus
+from slm.executor import usable_cores
 from slm.mix.regress import fit, min_proxies, search
 from slm.mix.sample import sample_mixtures
 from slm.run import atomic_write_text
@@ -119,7 +119,7 @@ def run_mix(
         for i, m in enumerate(mixtures)
     ]
     task = mix.target_task
-    jobs = mix.jobs or usable_cpus()
+    jobs = mix.jobs or usable_cores()  # one proxy per core, as training runs one thread per core
     train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
         [f"proxy {f.name}" for f in folders],

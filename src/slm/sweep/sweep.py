@@ -23,7 +23,7 @@ from typing import Any
 
 from slm.config import Config, read_toml
 from slm.errors import SlmError
-from slm.executor import usable_cores, usable_cpus
+from slm.executor import usable_cores
 from slm.run import Run, atomic_write_text
 from slm.sweep.plan import Axis, configs, is_number, points
 from slm.sweep.runs import failure, finished, train_all
@@ -109,7 +109,8 @@ def run_sweep(
     claim(out, plan, force)
     share_data(cfgs, axes, out, log)
     folders = [out / "runs" / n for n in names]
-    jobs = jobs or (len(cfgs) if ray_address else min(usable_cpus(), len(cfgs)))
+    # one run per core, as training runs one thread per core (executor.usable_cores)
+    jobs = jobs or (len(cfgs) if ray_address else min(usable_cores(), len(cfgs)))
     threads = max(1, usable_cores() // jobs) if not ray_address else max(1, cfgs[0].train.threads or 1)
     train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
