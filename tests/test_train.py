@@ -426,7 +426,7 @@ def test_threads_default_to_the_physical_cores_this_process_may_use(tiny_cfg: Co
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)  # as tests/conftest.py sets it for every test
-    assert "2 thread(s) each" in said.getvalue()
+    assert "2 thread(s) each (the cores it may use)" in said.getvalue()
 
 
 def test_counting_physical_cores(tmp_path: Path, monkeypatch):

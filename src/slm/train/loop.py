@@ -203,7 +203,9 @@ def train(
     objective = objective or Objective(cfg)
     d = init_distributed()
     device = pick_device(d)
-    threads = cfg.train.threads or max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    threads = cfg.train.threads or max(1, usable_cores() // local)
+    threads_why = "train.threads" if cfg.train.threads else f"the cores it may use{f' / {local}' if local > 1 else ''}"
     if device.type == "cpu":
         torch.set_num_threads(threads)
         reuse_freed_memory(MMAP_THRESHOLD_FIXED_SHAPES if objective.fixed_shapes else None)
@@ -306,7 +308,7 @@ def train(
         f"{dtype_name} ({dtype_why}), {'compiled' if compiled else 'eager'} ({compile_why}), "
         f"objective {objective.name}, "
         f"{cfg.train.batch_size * cfg.train.grad_accum} sequences of up to {seq_len} tokens/step, "
-        f"{d.world} process(es), {threads} thread(s) each, {flops / 1e6:,.1f} MFLOP a token"
+        f"{d.world} process(es), {threads} thread(s) each ({threads_why}), {flops / 1e6:,.1f} MFLOP a token"
         + (f", MFU against {peak:g} TFLOP/s a device ({peak_why})" if peak else "")
     )
 
