@@ -388,13 +388,13 @@ def test_threads_default_to_the_physical_cores_this_process_may_use(tiny_cfg: Co
     from slm import executor
     from slm.executor import usable_cores, usable_cpus
 
+    probe = [
+        sys.executable,
+        "-c",
+        "from slm.executor import usable_cores, usable_cpus; print(usable_cpus(), usable_cores())",
+    ]
     if hasattr(os, "sched_setaffinity"):  # a real mask, in a child: one CPU of this machine's
         one = min(os.sched_getaffinity(0))
-        probe = [
-            sys.executable,
-            "-c",
-            "from slm.executor import usable_cores, usable_cpus; print(usable_cpus(), usable_cores())",
-        ]
         out = subprocess.run(
             probe, preexec_fn=lambda: os.sched_setaffinity(0, {one}), capture_output=True, text=True, check=True
         )
@@ -404,11 +404,6 @@ def test_threads_default_to_the_physical_cores_this_process_may_use(tiny_cfg: Co
     assert 1 <= usable_cores() <= usable_cpus()
     # a limit that is not a mask, as a container's CPU quota is: joblib folds LOKY_MAX_CPU_COUNT, a user's own
     # limit, into its count exactly as it folds the cgroup's quota (benchmarks/cpu_quota.py runs a real one)
-    probe = [
-        sys.executable,
-        "-c",
-        "from slm.executor import usable_cores, usable_cpus; print(usable_cpus(), usable_cores())",
-    ]
     limited = subprocess.run(probe, env={**os.environ, "LOKY_MAX_CPU_COUNT": "1"}, capture_output=True, text=True)
     assert limited.stdout.split() == ["1", "1"], limited.stderr
     # the loop's default follows both: a mask of 4 CPUs, two cores of two hardware threads each (Linux numbers
