@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,23 @@ def test_an_unwritable_output_is_one_line_naming_the_path(command, target, tmp_p
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"{out}: Permission denied" in err and "writable" in err and "Traceback" not in err
+
+
+def test_commands_give_torch_a_thread_per_core_the_process_may_use():
+    """Every slm command sizes torch's threads to the cores the process may use before torch loads, a container's
+    CPU quota included, which PyTorch's own default does not count; a user's OMP_NUM_THREADS stands. The quota is
+    stood in by LOKY_MAX_CPU_COUNT, which joblib folds into its count as it folds a cgroup's."""
+    code = (
+        "from typer.testing import CliRunner; from slm.cli import app; "
+        "r = CliRunner().invoke(app, ['tokenizer', '--help']); assert r.exit_code == 0, r.output; "
+        "import torch; print(torch.get_num_threads())"
+    )
+    from slm.executor import usable_cores
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    # a user's own count stands (1 here, where the machine's cores would give more); MKL caps counts above its cores
+    cases = [({}, usable_cores()), ({"LOKY_MAX_CPU_COUNT": "1"}, 1), ({"OMP_NUM_THREADS": "1"}, 1)]
+    for extra, want in cases:
+        p = subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == str(want), (extra, p.stdout, p.stderr)

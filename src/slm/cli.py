@@ -78,7 +78,9 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    pass
+    from slm.executor import default_torch_threads
+
+    default_torch_threads()  # before any command imports torch
 
 
 @tokenizer_app.command("train")
