@@ -35,7 +35,7 @@ def main() -> None:
     from rich.console import Console
 
     from slm.config import load_config
-    from slm.executor import usable_cpus
+    from slm.executor import usable_cores
     from slm.report.html import write_report
     from slm.sweep.runs import train_all
     from slm.sweep.sweep import share_data
@@ -72,7 +72,7 @@ def main() -> None:
         list(cfgs),
         "",
         2,
-        max(1, usable_cpus() // 2),
+        max(1, usable_cores() // 2),
         None,
         None,
         say,

@@ -66,7 +66,7 @@ def main() -> None:
 
     from slm.config import load_config
     from slm.eval.tokenizers import compare_tokenizers
-    from slm.executor import usable_cpus
+    from slm.executor import usable_cores
     from slm.model.load import load_tokenizer_of
     from slm.sweep.runs import train_all
     from slm.train.setup import write_tokenizer
@@ -110,7 +110,7 @@ def main() -> None:
             jobs.append((cfg.model_dump_json(), out / "runs" / f"{lang}-{kind}"))
             names.append(f"{lang}-{kind}")
     t0 = time.perf_counter()
-    train_all(jobs, names, "", 2, max(1, usable_cpus() // 2), None, None, say)
+    train_all(jobs, names, "", 2, max(1, usable_cores() // 2), None, None, say)
     seconds = time.perf_counter() - t0
     result: dict = {"bench": "tokenizers", "cpu": cpu_name(), "cpu_flags": cpu_flags(), "steps": args.steps}
     bpb: dict = {}

@@ -119,13 +119,14 @@ def run_mix(
         for i, m in enumerate(mixtures)
     ]
     task = mix.target_task
-    jobs = mix.jobs or usable_cores()  # one proxy per core, as training runs one thread per core
+    cores = usable_cores()  # one proxy per core, as training runs one thread per core
+    jobs = mix.jobs or cores
     train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
         [f"proxy {f.name}" for f in folders],
         task,
         jobs,
-        max(1, usable_cores() // jobs),
+        max(1, cores // jobs),
         mix.ray_address,
         progress,
         log,

@@ -109,9 +109,9 @@ def run_sweep(
     claim(out, plan, force)
     share_data(cfgs, axes, out, log)
     folders = [out / "runs" / n for n in names]
-    # one run per core, as training runs one thread per core (executor.usable_cores)
-    jobs = jobs or (len(cfgs) if ray_address else min(usable_cores(), len(cfgs)))
-    threads = max(1, usable_cores() // jobs) if not ray_address else max(1, cfgs[0].train.threads or 1)
+    cores = usable_cores()  # one run per core, as training runs one thread per core
+    jobs = jobs or (len(cfgs) if ray_address else min(cores, len(cfgs)))
+    threads = max(1, cores // jobs) if not ray_address else max(1, cfgs[0].train.threads or 1)
     train_all(
         [(c.model_dump_json(), f) for c, f in zip(cfgs, folders, strict=True)],
         [f"run {n}" for n in names],
