@@ -99,8 +99,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    counts = [int(t) for t in args.threads.split(",")]
-    mount, group = make_group(args.cpus)
+    try:
+        counts = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise SystemExit(f"--threads {args.threads!r}: give whole numbers separated by commas, e.g. 2,1") from None
+    if args.cpus <= 0 or min(counts) < 1:
+        raise SystemExit("--cpus must be above 0 and every --threads count at least 1")
+    try:
+        mount, group = make_group(args.cpus)
+    except OSError as e:
+        raise SystemExit(f"could not make a cgroup with a CPU quota ({e}): run it as root") from None
     try:
         probe = "from slm.executor import usable_cores, usable_cpus; print(usable_cpus(), usable_cores())"
         cpus, cores = in_group(mount, group, [sys.executable, "-c", probe]).split()
