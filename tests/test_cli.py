@@ -167,3 +167,12 @@ def test_commands_give_torch_a_thread_per_core_the_process_may_use():
         p = subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         assert p.stdout.strip() == str(want), (extra, p.stdout, p.stderr)
+
+
+def test_a_cpu_limit_that_is_not_a_number_is_one_line():
+    env = {**os.environ, "LOKY_MAX_CPU_COUNT": "abc"}
+    p = subprocess.run([sys.executable, "-m", "slm", "tokenizer", "--help"], env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (
+        "error: LOKY_MAX_CPU_COUNT='abc' is not a whole number of CPUs; set it to one (e.g. 4) or unset it"
+    )

@@ -41,7 +41,13 @@ def usable_cpus() -> int:
     product: usable_cores()."""
     from joblib import cpu_count  # 0.2 s to import: only where a count is wanted, not in every worker
 
-    return max(1, cpu_count())
+    try:
+        return max(1, cpu_count())
+    except ValueError:  # joblib's int() of the variable
+        raise SlmError(
+            f"LOKY_MAX_CPU_COUNT={os.environ.get('LOKY_MAX_CPU_COUNT')!r} is not a whole number of CPUs; "
+            "set it to one (e.g. 4) or unset it"
+        ) from None
 
 
 CPU_SYSFS = Path("/sys/devices/system/cpu")
