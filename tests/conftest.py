@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,16 @@ from slm.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def environment_as_it_was():
+    """slm commands run in a test's process set OMP_NUM_THREADS (executor.default_torch_threads); the tests after
+    them, and the processes those start, get the environment as it was."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 def make_corpus(folder: Path, chars: int = 12000) -> Path:
